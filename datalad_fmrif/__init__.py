@@ -1,0 +1,11 @@
+"""DataLad extension for reproducible downloads from the NIH FMRIF XNAT server."""
+
+__version__ = "0.1.0"
+
+# Each command is registered here once it works; never a placeholder.
+command_suite = (
+    "Download MRI data from the NIH FMRIF XNAT server",
+    [
+        ("datalad_fmrif.commands.login", "FmrifLogin", "fmrif-login", "fmrif_login"),
+    ],
+)
