@@ -1,0 +1,367 @@
+"""Tests for datalad_fmrif.annex against a real git-annex and DataLad.
+
+Content is served by git-annex's own web remote from file:// URLs, so get()
+really downloads and git-annex really verifies against the MD5E keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import datalad.api as dl
+
+from datalad_fmrif.annex import Annex, AnnexError
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("git-annex") is None, reason="git-annex not on PATH")
+
+
+def git(repo, *args) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def md5e_key(data: bytes, ext: str = ".dcm") -> str:
+    return f"MD5E-s{len(data)}--{hashlib.md5(data).hexdigest()}{ext}"
+
+
+@pytest.fixture
+def ds(tmp_path) -> Path:
+    path = tmp_path / "ds"
+    dl.create(path, result_renderer="disabled")
+    git(path, "config", "annex.security.allowed-url-schemes", "http https file")
+    return path
+
+
+@pytest.fixture
+def server(tmp_path) -> Path:
+    """A directory standing in for XNAT: files reachable by file:// URL."""
+    path = tmp_path / "server"
+    path.mkdir()
+    return path
+
+
+def make_files(server: Path, names: list[str], size: int = 1000):
+    """Write content for each dataset path; return [(key, url, path, data)]."""
+    out = []
+    for i, name in enumerate(names):
+        data = os.urandom(size) + str(i).encode()
+        src = server / f"file{i:05d}.dcm"
+        src.write_bytes(data)
+        out.append((md5e_key(data), src.as_uri(), name, data))
+    return out
+
+
+def register(annex: Annex, files, metadata=None):
+    reg = annex.registerurl((k, u) for k, u, _, _ in files)
+    fk = annex.fromkey((k, p) for k, _, p, _ in files)
+    md = annex.set_metadata(metadata) if metadata is not None else []
+    return reg, fk, md
+
+
+def assert_all_ok(results):
+    failed = [r for r in results if not r["success"]]
+    assert not failed, failed
+
+
+@pytest.fixture
+def annex_log(tmp_path, monkeypatch) -> Path:
+    """Put a git-annex shim first on PATH that logs each invocation.
+
+    Every start of a git-annex process by name goes through the shim, which
+    appends its argv to the log and the process environment to env.log, then
+    execs the real git-annex.
+    """
+    real = shutil.which("git-annex")
+    shim_dir = tmp_path / "shim"
+    shim_dir.mkdir()
+    log = tmp_path / "annex.log"
+    shim = shim_dir / "git-annex"
+    shim.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> "{log}"\n'
+        f'env -0 > "{tmp_path}/env.log"\n'
+        f'exec "{real}" "$@"\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim_dir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def logged(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+# --------------------------------------------------------------------------
+
+
+def test_register_whereis_metadata_find_save(ds, server):
+    names = [f"sub-01/ses-1/scan-{i % 4}/f{i:03d}.dcm" for i in range(200)]
+    files = make_files(server, names)
+    types = {p: ("T1w" if i % 4 == 0 else "bold")
+             for i, (_, _, p, _) in enumerate(files)}
+    annex = Annex(ds)
+    reg, fk, md = register(annex, files, [
+        (p, {"xnat_scan_type": types[p], "xnat_scan_id": str(i % 4)})
+        for i, (_, _, p, _) in enumerate(files)])
+    for results in (reg, fk, md):
+        assert len(results) == 200
+        assert_all_ok(results)
+    # results come back in input order and identify their item
+    assert [r["key"] for r in reg] == [k for k, _, _, _ in files]
+    assert [r["url"] for r in reg] == [u for _, u, _, _ in files]
+    assert [r["file"] for r in fk] == names
+    assert [r["file"] for r in md] == names
+    assert md[0]["fields"]["xnat_scan_type"] == ["T1w"]
+
+    # URL is recorded for the web remote
+    key, url, path, _ = files[7]
+    where = annex.whereis(path)
+    assert where["key"] == key
+    assert any(url in loc.get("urls", []) for loc in where["whereis"])
+    assert url in git(ds, "annex", "whereis", path)
+
+    # metadata search finds exactly the T1w files (content not present)
+    found = git(ds, "annex", "find", "--metadata",
+                "xnat_scan_type=T1w").splitlines()
+    assert sorted(found) == sorted(p for p, t in types.items() if t == "T1w")
+
+    # fromkey stages the new symlinks in the index ...
+    staged = git(ds, "diff", "--cached", "--name-only", "-z").split("\0")
+    assert set(names) <= set(staged)
+    # ... and datalad save commits them
+    dl.save(dataset=ds, message="register", result_renderer="disabled")
+    tracked = git(ds, "ls-files", "-z").split("\0")
+    assert set(names) <= set(tracked)
+    assert git(ds, "status", "--porcelain") == ""
+    # nothing was downloaded
+    assert annex.find_present(names) == set()
+
+
+def test_get_progress_and_verification(ds, server):
+    names = [f"scan/f{i:02d}.dcm" for i in range(12)]
+    files = make_files(server, names, size=300_000)
+    # the server's file for the last one differs from what its key says
+    bad_key, bad_url, bad_path, _ = files[-1]
+    Path(bad_url[len("file://"):]).write_bytes(os.urandom(300_000))
+    annex = Annex(ds)
+    for results in register(annex, files):
+        assert_all_ok(results)
+
+    progress = []
+    results = list(annex.get(names, jobs=2, progress=progress.append))
+    assert sorted(r["file"] for r in results) == sorted(names)
+    by_file = {r["file"]: r for r in results}
+    bad = by_file.pop(bad_path)
+    assert bad["success"] is False
+    assert any("Verification" in m for m in bad["error-messages"]), bad
+    assert all(r["success"] for r in by_file.values()), by_file
+    for _, _, path, data in files[:-1]:
+        assert (ds / path).read_bytes() == data
+    assert not (ds / bad_path).exists()  # dangling symlink: no content
+    assert annex.find_present(names) == set(names[:-1])
+
+    assert progress, "no progress records"
+    rec = progress[0]
+    assert {"byte-progress", "total-size", "action"} <= set(rec)
+    assert rec["action"]["command"] == "get"
+    assert rec["action"]["file"] in names
+    assert {r["action"]["file"] for r in progress} >= set(names[:-1])
+
+    # second get: content present -> success without transfer; a path that
+    # is not an annexed file -> per-item failure
+    again = list(annex.get(names[:2] + [".datalad/config", "nonexistent"],
+                           jobs=2))
+    by_file = {r["file"]: r for r in again}
+    assert by_file[names[0]]["success"] is True
+    assert by_file[names[0]]["note"] == "already present"
+    assert by_file[".datalad/config"]["success"] is False
+    assert by_file["nonexistent"]["success"] is False
+
+
+def test_special_paths(ds, server):
+    names = [
+        "sub 01/ses 1/T1 (MPRAGE)^2.dcm",
+        "a^b/c(d)e.dcm",
+        "ünï cödé/x.dcm",
+        " leading and trailing .dcm ",
+        "quote'\"back\\slash.dcm",
+    ]
+    files = make_files(server, names)
+    annex = Annex(ds)
+    reg, fk, md = register(annex, files, [(p, {"name": p}) for p in names])
+    for results in (reg, fk, md):
+        assert_all_ok(results)
+    assert [r["file"] for r in fk] == names
+    results = list(annex.get(names, jobs=2))
+    assert all(r["success"] for r in results), results
+    for _, _, path, data in files:
+        assert (ds / path).read_bytes() == data
+    dl.save(dataset=ds, result_renderer="disabled")
+    assert set(names) <= set(git(ds, "ls-files", "-z").split("\0"))
+
+
+@pytest.mark.parametrize("bad", ["new\nline.dcm", "nul\0.dcm", "cr\r.dcm"])
+def test_unsafe_path_rejected_before_anything_is_written(ds, server, bad,
+                                                         annex_log):
+    files = make_files(server, ["ok1.dcm", bad, "ok2.dcm"])
+    annex = Annex(ds)
+    with pytest.raises(AnnexError, match="newline or NUL") as e:
+        annex.fromkey((k, p) for k, _, p, _ in files)
+    assert repr(bad) in str(e.value)
+    with pytest.raises(AnnexError, match="newline or NUL"):
+        annex.set_metadata([("ok1.dcm", {"a": "b"}), (bad, {"a": "b"})])
+    with pytest.raises(AnnexError, match="newline or NUL"):
+        annex.get(["ok1.dcm", bad])
+    with pytest.raises(AnnexError, match="newline or NUL"):
+        annex.addurls_unknown([(files[0][1], bad)])
+    with pytest.raises(AnnexError, match="newline or NUL"):
+        annex.registerurl([(files[0][0], files[0][1] + "\n")])
+    assert logged(annex_log) == []  # no git-annex process was started
+    assert git(ds, "status", "--porcelain") == ""
+    assert not (ds / "ok1.dcm").exists()
+
+
+def test_url_with_whitespace_rejected(ds):
+    with pytest.raises(AnnexError, match="whitespace"):
+        Annex(ds).registerurl([("MD5E-s1--0cc175b9c0f1b6a831c399e269772661",
+                                "http://example.com/a b")])
+
+
+def test_bad_items_fail_alone(ds, server):
+    files = make_files(server, ["a.dcm", "b.dcm", "c.dcm"])
+    annex = Annex(ds)
+    # a malformed key would kill git-annex's batch parser; it fails alone
+    pairs = [(files[0][0], files[0][1]), ("MD5E-sX--nonsense", files[1][1]),
+             (files[2][0], files[2][1])]
+    reg = annex.registerurl(pairs)
+    assert [r["success"] for r in reg] == [True, False, True]
+    assert "not a valid git-annex key" in reg[1]["error-messages"][0]
+    assert reg[1]["key"] == "MD5E-sX--nonsense"
+
+    fk = annex.fromkey([(files[0][0], "a.dcm"), ("garbage", "b.dcm"),
+                        (files[2][0], "c.dcm"),
+                        # exists with other content: git-annex's own failure
+                        (files[2][0], "a.dcm"),
+                        # outside the repository
+                        (files[2][0], "../outside.dcm"),
+                        # same key and path again: idempotent
+                        (files[0][0], "a.dcm")])
+    assert [r["success"] for r in fk] == [True, False, True, False, False, True]
+    assert fk[3]["error-messages"] and fk[3]["file"] == "a.dcm"
+    assert fk[4]["error-messages"]
+
+    md = annex.set_metadata([
+        ("a.dcm", {"scan": "1"}),
+        ("b.dcm", {"scan": "2"}),         # not an annexed file
+        ("c.dcm", {"bad field": "x"}),    # would kill the batch parser
+        ("c.dcm", {"scan": ["3", "4"], "series.desc": "T1 MPRAGE"}),
+    ])
+    assert [r["success"] for r in md] == [True, False, False, True]
+    assert md[1]["file"] == "b.dcm"
+    assert "field name" in md[2]["error-messages"][0]
+    assert sorted(md[3]["fields"]["scan"]) == ["3", "4"]
+    assert md[3]["fields"]["series.desc"] == ["T1 MPRAGE"]
+
+
+def test_crashed_process_raises_with_stderr(tmp_path):
+    notrepo = tmp_path / "plain"
+    notrepo.mkdir()
+    with pytest.raises(AnnexError) as e:
+        Annex(notrepo).registerurl(
+            [("MD5E-s1--0cc175b9c0f1b6a831c399e269772661", "http://x/a")])
+    msg = str(e.value)
+    assert "git-annex registerurl --batch" in msg
+    assert "git repository" in msg.lower()  # git-annex's own words
+
+
+def test_addurls_unknown(ds, server):
+    (server / "u1.nii").write_bytes(b"some content\n")
+    annex = Annex(ds)
+    results = annex.addurls_unknown([
+        ((server / "u1.nii").as_uri(), "derived/u 1.nii"),
+        ((server / "missing.nii").as_uri(), "derived/missing.nii"),
+    ])
+    assert [r["success"] for r in results] == [True, False]
+    assert results[0]["key"] == md5e_key(b"some content\n", ".nii")
+    assert results[1]["error-messages"]
+    assert results[1]["url"].endswith("missing.nii")
+    assert (ds / "derived/u 1.nii").read_bytes() == b"some content\n"
+    assert (server / "u1.nii").as_uri() in git(ds, "annex", "whereis",
+                                                "derived/u 1.nii")
+
+
+def test_abandoned_get_stops_process(ds, server):
+    names = [f"f{i}.dcm" for i in range(6)]
+    files = make_files(server, names, size=100_000)
+    annex = Annex(ds)
+    register(annex, files)
+    it = annex.get(names, jobs=1)
+    first = next(it)
+    assert first["success"]
+    it.close()  # terminates git-annex; must not hang or raise
+
+
+def test_bounded_processes_and_clean_environment(ds, server, annex_log):
+    n = 500
+    names = [f"sub-{i // 100:02d}/scan {i % 7}/IM^{i:04d}.dcm" for i in range(n)]
+    files = make_files(server, names, size=200)
+    annex = Annex(ds)
+    t0 = time.monotonic()
+    reg, fk, md = register(annex, files, [
+        (p, {"xnat_scan_type": "T1w", "xnat_file": Path(p).name})
+        for p in names])
+    t_register = time.monotonic() - t0
+    for results in (reg, fk, md):
+        assert len(results) == n
+        assert_all_ok(results)
+    t0 = time.monotonic()
+    got = list(annex.get(names, jobs=4))
+    t_get = time.monotonic() - t0
+    assert len(got) == n and all(r["success"] for r in got)
+
+    calls = logged(annex_log)
+    commands = [c.split()[0] for c in calls]
+    # one process per operation, whatever the number of files; git itself
+    # starts git-annex's long-running filter process when fromkey stages
+    # the files, once, not once per file
+    assert [c for c in commands if c != "filter-process"] == [
+        "registerurl", "fromkey", "metadata", "get"], calls
+    assert commands.count("filter-process") <= 2, calls
+    print(f"\n{n} files: registerurl+fromkey+metadata {t_register:.2f}s, "
+          f"get -J4 {t_get:.2f}s, git-annex processes started: {len(calls)}")
+
+    # the child environment is ours, unchanged: nothing added. Compare with
+    # what any plain child of this process gets (the C-level environment can
+    # differ from os.environ, e.g. COLUMNS/LINES set by a library).
+    def parse(text):
+        return dict(kv.split("=", 1) for kv in text.split("\0") if "=" in kv)
+
+    child_env = parse((annex_log.parent / "env.log").read_text())
+    plain_env = parse(subprocess.run(["sh", "-c", "env -0"], capture_output=True,
+                                     text=True, check=True).stdout)
+    ignore = {"PWD", "OLDPWD", "SHLVL", "_"}
+    assert set(child_env) - ignore == set(plain_env) - ignore
+    assert {k: v for k, v in child_env.items() if k not in ignore} == \
+        {k: v for k, v in plain_env.items() if k not in ignore}
+
+
+def test_lookupkey_reports_keys_and_non_annexed(tmp_path):
+    import datalad.api as dl
+
+    ds = dl.create(tmp_path / "ds", result_renderer="disabled")
+    (ds.pathobj / "big.dat").write_bytes(b"x" * 100)
+    (ds.pathobj / "plain.txt").write_text("in git")
+    ds.save(to_git=False, path="big.dat", result_renderer="disabled")
+    ds.save(to_git=True, path="plain.txt", result_renderer="disabled")
+    from datalad_fmrif.annex import Annex
+
+    keys = Annex(ds.path).lookupkey(["big.dat", "plain.txt", "missing"])
+    assert keys[0] and keys[0].startswith("MD5E-s100--")
+    assert keys[1:] == [None, None]
