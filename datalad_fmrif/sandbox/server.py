@@ -1,0 +1,1074 @@
+"""A local HTTP server that behaves like the parts of XNAT 1.8 we use.
+
+Written from XNAT's documented and observed behaviour (see docs/DESIGN.md,
+"XNAT facts"); it shares no code with the client.  It serves the synthetic
+:class:`~datalad_fmrif.sandbox.study.Study` on 127.0.0.1 with XNAT's login
+flow (form login, basic auth, JSESSIONID cookies, alias tokens, idle expiry,
+account lockout), its JSON listings, single-file downloads (with ranges), zip
+streams, and injectable faults, latency and bandwidth limits.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import re
+import secrets
+import socket
+import ssl
+import struct
+import threading
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources as importlib_resources
+from typing import Iterable, Optional
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .study import FORBIDDEN_PROJECT, Study, StudySpec
+
+XNAT_VERSION = "1.8.10"
+UUID_RE = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
+FAULT_KINDS = ("status", "reset", "truncate", "html200", "slow", "expire")
+
+
+# ====================================================================== public records
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as the server saw it."""
+
+    method: str
+    path: str
+    query: dict
+    status: int  # 0: the connection was reset before a status was sent
+    auth: str    # "basic", "cookie", "form" or "none"
+
+
+@dataclass
+class Fault:
+    """A misbehaviour injected into matching requests.
+
+    kind: ``status`` (answer ``status`` with an HTML page), ``reset`` (drop the
+    connection; after ``after_bytes`` body bytes if given, else before any
+    response), ``truncate`` (announce the full Content-Length, send
+    ``after_bytes`` bytes, close), ``html200`` (200 with an HTML error page),
+    ``slow`` (wait ``delay`` seconds, then answer normally), ``expire``
+    (invalidate this request's session, answer 401).
+    ``path`` is a regular expression searched in the request path; ``times``
+    is how many matching requests are affected (None: all of them).
+    """
+
+    kind: str
+    path: str = ".*"
+    method: Optional[str] = None
+    times: Optional[int] = 1
+    status: Optional[int] = None
+    after_bytes: Optional[int] = None
+    delay: Optional[float] = None
+    hits: int = field(default=0, compare=False)
+
+    def __post_init__(self):
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}, expected one of {FAULT_KINDS}")
+        if self.kind == "status" and self.status is None:
+            self.status = 500
+        if self.kind == "truncate" and self.after_bytes is None:
+            self.after_bytes = 0
+        if self.kind == "slow" and self.delay is None:
+            self.delay = 1.0
+        self._regex = re.compile(self.path)
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.method is not None and self.method.upper() != method:
+            return False
+        return self._regex.search(path) is not None
+
+
+# ====================================================================== errors used for control flow
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _ConnectionReset(Exception):
+    pass
+
+
+class _Done(Exception):
+    """The response was already sent (by a fault)."""
+
+
+_REASONS = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 416: "Range Not Satisfiable"}
+
+
+def _html_page(status: int, message: str) -> bytes:
+    title = f"HTTP Status {status} – {_REASONS.get(status, 'Error')}"
+    return (f"<!DOCTYPE html><html lang=\"en\"><head><title>{html.escape(title)}</title></head>"
+            f"<body><h1>{html.escape(title)}</h1><hr class=\"line\" />"
+            f"<p><b>Message</b> {html.escape(message)}</p>"
+            f"<hr class=\"line\" /><h3>Apache Tomcat</h3></body></html>").encode()
+
+
+LOGIN_FAILED_PAGE = (
+    "<!DOCTYPE html><html><head><title>XNAT - Login</title></head><body>"
+    "<div id=\"login_box\"><h3>Login attempt failed. Please try again.</h3></div>"
+    "</body></html>").encode()
+
+
+def _login_page(user: Optional[str]) -> bytes:
+    if user:
+        info = (f"<span id=\"user_info\">Logged in as: &nbsp;<a id=\"username-link\" "
+                f"href=\"/app/template/XDATScreen_UpdateUser.vm\">{html.escape(user)}</a></span>")
+    else:
+        info = ("<form name=\"form1\" method=\"post\" action=\"/login\">"
+                "<input type=\"text\" name=\"username\"/><input type=\"password\" name=\"password\"/>"
+                "</form>")
+    return (f"<!DOCTYPE html><html><head><title>XNAT Sandbox</title></head><body>"
+            f"<h1>FMRIF XNAT sandbox (synthetic data)</h1>{info}</body></html>").encode()
+
+
+# ====================================================================== server state
+
+class _ServerState:
+    """Everything the request handlers share; all access under ``lock``."""
+
+    def __init__(self, study: Study, users: dict, lockout_after: int, session_timeout: float,
+                 forbidden_projects: Iterable[str], token_lifetime: float):
+        self.study = study
+        self.users = dict(users)
+        self.lockout_after = lockout_after
+        self.session_timeout = session_timeout
+        self.forbidden = set(forbidden_projects)
+        self.token_lifetime = token_lifetime
+        self.lock = threading.Lock()
+        self.sessions: dict[str, dict] = {}     # JSESSIONID -> {"user", "last"}
+        self.tokens: dict[str, dict] = {}       # alias -> {"user", "secret", "expires"}
+        self.failed: dict[str, int] = {}
+        self.faults: list[Fault] = []
+        self.log: list[RequestRecord] = []
+        self.latency = 0.0
+        self.bandwidth: Optional[float] = None
+
+    # ---- login
+    def check_login(self, name: str, password: str) -> Optional[str]:
+        """The XNAT user for these credentials, or None (and count the failure)."""
+        with self.lock:
+            if self.failed.get(name, 0) >= self.lockout_after:
+                self.failed[name] = self.failed.get(name, 0) + 1
+                return None
+            user = None
+            token = self.tokens.get(name)
+            if token is not None:
+                if token["secret"] == password and token["expires"] > time.time():
+                    user = token["user"]
+            elif name in self.users and self.users[name] == password:
+                user = name
+            if user is None:
+                self.failed[name] = self.failed.get(name, 0) + 1
+            return user
+
+    def new_session(self, user: str) -> str:
+        jsid = secrets.token_hex(16).upper()
+        now = time.monotonic()
+        with self.lock:
+            if len(self.sessions) >= 10_000:  # basic auth opens one per request: forget idle ones
+                for k in [k for k, v in self.sessions.items() if now - v["last"] > self.session_timeout]:
+                    del self.sessions[k]
+            self.sessions[jsid] = {"user": user, "last": now}
+        return jsid
+
+    def session_user(self, jsid: str) -> Optional[str]:
+        with self.lock:
+            s = self.sessions.get(jsid)
+            if s is None:
+                return None
+            now = time.monotonic()
+            if now - s["last"] > self.session_timeout:
+                del self.sessions[jsid]
+                return None
+            s["last"] = now
+            return s["user"]
+
+    def drop_session(self, jsid: Optional[str]):
+        with self.lock:
+            self.sessions.pop(jsid, None)
+
+    # ---- faults
+    def take_fault(self, method: str, path: str) -> Optional[Fault]:
+        with self.lock:
+            for fault in self.faults:
+                if fault.times is not None and fault.hits >= fault.times:
+                    continue
+                if fault.matches(method, path):
+                    fault.hits += 1
+                    return fault
+        return None
+
+    def record(self, rec: RequestRecord):
+        with self.lock:
+            self.log.append(rec)
+
+
+# ====================================================================== streaming helpers
+
+class _BodyWriter:
+    """Writes a response body honouring bandwidth limits and truncate/reset faults."""
+
+    def __init__(self, handler: "XNATRequestHandler", chunked: bool, cut_after: Optional[int],
+                 cut_kind: Optional[str]):
+        self.h = handler
+        self.chunked = chunked
+        self.cut_after = cut_after
+        self.cut_kind = cut_kind
+        self.sent = 0
+        self.start = time.monotonic()
+        self.position = 0  # for zipfile
+
+    def _raw(self, data: bytes):
+        bw = self.h.state.bandwidth
+        # with a cap, send small pieces, each no earlier than the cap allows
+        step = 256 * 1024 if not bw else int(min(256 * 1024, max(1024, bw / 50)))
+        for i in range(0, len(data), step):
+            piece = data[i:i + step]
+            if bw:
+                delay = self.start + (self.sent + len(piece)) / bw - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            if self.chunked:
+                self.h.wfile.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            else:
+                self.h.wfile.write(piece)
+            self.sent += len(piece)
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        n = len(data)
+        self.position += n
+        if not data:
+            return 0
+        if self.cut_after is not None and self.sent + len(data) >= self.cut_after:
+            self._raw(data[:max(0, self.cut_after - self.sent)])
+            self.h.wfile.flush()
+            raise _ConnectionReset(self.cut_kind)
+        self._raw(data)
+        return n
+
+    def tell(self) -> int:
+        return self.position
+
+    def flush(self):
+        pass
+
+    def finish(self):
+        if self.chunked:
+            self.h.wfile.write(b"0\r\n\r\n")
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+
+
+# ====================================================================== the handler
+
+class XNATRequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "Apache-Coyote/1.1"
+    sys_version = ""
+    disable_nagle_algorithm = True
+    timeout = 120  # idle keep-alive connections are dropped after this
+
+    state: _ServerState  # set on the subclass made per server
+
+    def log_message(self, format, *args):  # noqa: A002 - quiet
+        pass
+
+    def handle_one_request(self):
+        try:
+            super().handle_one_request()
+        except (ValueError, OSError):  # the connection was dropped on purpose (fault) or by the client
+            self.close_connection = True
+
+    # ---- entry points
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_HEAD(self):
+        self._dispatch("HEAD")
+
+    def do_PUT(self):
+        self._dispatch("PUT")
+
+    def do_POST(self):
+        self._dispatch("POST")
+
+    def do_DELETE(self):
+        self._dispatch("DELETE")
+
+    # ---- request plumbing
+    def _dispatch(self, method: str):
+        self.method = method
+        split = urlsplit(self.path)
+        self.req_path = split.path
+        self.query = dict(parse_qsl(split.query, keep_blank_values=True))
+        self.auth_kind = "none"
+        self.user = None
+        self.jsid = None
+        self.new_cookies: list[str] = []
+        self.fault: Optional[Fault] = None
+        self.logged = False
+        length = int(self.headers.get("Content-Length") or 0)
+        self.body = self.rfile.read(length) if length else b""
+
+        try:
+            if self.state.latency:
+                time.sleep(self.state.latency)
+            fault = self.state.take_fault(method, self.req_path)
+            if fault is not None:
+                self._pre_fault(fault)
+            self._route(method)
+        except _ConnectionReset as exc:
+            self._reset(graceful=(str(exc) == "truncate"))
+        except _HTTPError as exc:
+            self._send_error_page(exc.status, exc.message)
+        except _Done:
+            pass
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _pre_fault(self, fault: Fault):
+        kind = fault.kind
+        if kind == "slow":
+            time.sleep(fault.delay)
+        elif kind == "status":
+            self._send_error_page(fault.status, "Injected fault")
+            raise _Done
+        elif kind == "html200":
+            self._log(200)
+            self._send(200, _html_page(500, "The server encountered an internal error"), "text/html;charset=UTF-8",
+                       record=False)
+            raise _Done
+        elif kind == "reset" and fault.after_bytes is None:
+            self._log(0)
+            raise _ConnectionReset("reset")
+        elif kind == "expire":
+            self.state.drop_session(self._cookie("JSESSIONID"))
+            raise _HTTPError(401, "Session expired")
+        else:  # truncate, or reset after some bytes
+            self.fault = fault
+
+    def _cookie(self, name: str) -> Optional[str]:
+        raw = self.headers.get("Cookie")
+        if not raw:
+            return None
+        for part in raw.split(";"):
+            k, _, v = part.strip().partition("=")
+            if k == name:
+                return v
+        return None
+
+    def _reset(self, graceful: bool):
+        """Drop the connection; with RST unless ``graceful``."""
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+        except OSError:
+            pass
+        try:
+            if not graceful:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        for f in (self.wfile, self.rfile):
+            try:
+                f.close()
+            except OSError:
+                pass
+        try:
+            self.connection.close()
+        except OSError:
+            pass
+
+    def _log(self, status: int):
+        if not self.logged:
+            self.logged = True
+            self.state.record(RequestRecord(self.method, self.req_path, dict(self.query), status, self.auth_kind))
+
+    def _session_cookies(self, jsid: str) -> list[str]:
+        now_ms = int(time.time() * 1000)
+        timeout_ms = int(self.state.session_timeout * 1000)
+        return [f"JSESSIONID={jsid}; Path=/; HttpOnly",
+                f"SESSION_EXPIRATION_TIME=\"{now_ms},{timeout_ms}\"; Path=/"]
+
+    def _send(self, status: int, body: bytes | None, ctype: str, headers: dict | None = None,
+              record: bool = True, length: int | None = None):
+        """Send a complete response (``body`` None with HEAD semantics handled here)."""
+        if record:
+            self._log(status)
+        fault = self.fault
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        for c in self.new_cookies:
+            self.send_header("Set-Cookie", c)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        total = len(body) if length is None else length
+        self.send_header("Content-Length", str(total))
+        if fault is not None and fault.kind == "truncate":
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.method == "HEAD" or body is None:
+            return
+        cut_after = fault.after_bytes if fault is not None else None
+        writer = _BodyWriter(self, chunked=False, cut_after=cut_after,
+                             cut_kind=fault.kind if fault is not None else None)
+        writer.write(body)
+        if cut_after is not None:
+            # the body was shorter than the cut: cut now anyway
+            raise _ConnectionReset(fault.kind)
+
+    def _send_error_page(self, status: int, message: str):
+        headers = {"WWW-Authenticate": 'Basic realm="XNAT"'} if status == 401 else None
+        self._send(status, _html_page(status, message), "text/html;charset=UTF-8", headers)
+
+    def _send_text(self, text: str, status: int = 200, ctype: str = "text/plain;charset=UTF-8"):
+        self._send(status, text.encode("utf-8"), ctype)
+
+    def _send_json(self, obj, status: int = 200):
+        self._send(status, json.dumps(obj).encode("utf-8"), "application/json;charset=UTF-8")
+
+    # ---- authentication
+    def _authenticate(self, required: bool = True) -> Optional[str]:
+        auth = self.headers.get("Authorization", "")
+        if auth.lower().startswith("basic "):
+            try:
+                name, _, password = base64.b64decode(auth[6:].strip()).decode("utf-8").partition(":")
+            except Exception:
+                raise _HTTPError(401, "Malformed credentials")
+            self.auth_kind = "basic"
+            user = self.state.check_login(name, password)
+            if user is None:
+                self.new_cookies = []
+                raise _HTTPError(401, "Login attempt failed")
+            self.jsid = self.state.new_session(user)
+            self.new_cookies = self._session_cookies(self.jsid)
+            self.user = user
+            return user
+        jsid = self._cookie("JSESSIONID")
+        if jsid:
+            user = self.state.session_user(jsid)
+            if user is not None:
+                self.auth_kind = "cookie"
+                self.jsid = jsid
+                self.user = user
+                return user
+        if required:
+            raise _HTTPError(401, "The request requires user authentication")
+        return None
+
+    # ---- routing
+    def _route(self, method: str):
+        path = self.req_path
+        if path in ("/", "") or path.startswith("/app/") or path == "/login":
+            user = None
+            if self.headers.get("Authorization"):
+                user = self._authenticate()
+            elif self._cookie("JSESSIONID"):
+                user = self._authenticate(required=False)
+            return self._send(200, _login_page(user), "text/html;charset=UTF-8")
+
+        if path.rstrip("/") == "/data/services/auth" and method in ("PUT", "POST"):
+            return self._form_login()
+
+        if not (path.startswith("/data") or path.startswith("/xapi")):
+            raise _HTTPError(404, f"{path} not found")
+
+        self._authenticate()
+
+        if path == "/data/auth":
+            return self._send_text(f"User '{self.user}' is logged in")
+        if path == "/data/JSESSION":
+            if method == "DELETE":
+                self.state.drop_session(self.jsid)
+                self.new_cookies = ["JSESSIONID=; Path=/; Max-Age=0"]
+                return self._send_text("")
+            self.new_cookies = self.new_cookies or self._session_cookies(self.jsid)
+            return self._send_text(self.jsid)
+        if path == "/data/version":
+            raise _HTTPError(404, "The requested resource is not available")
+        if path.startswith("/xapi/"):
+            return self._xapi(path)
+        if path.startswith("/data/services/tokens/"):
+            return self._tokens(path)
+        if path.startswith("/data/search/elements"):
+            return self._send_json({"ResultSet": {"Result": [], "totalRecords": "0"}})
+
+        if method not in ("GET", "HEAD"):
+            raise _HTTPError(405, f"{method} is not supported by the sandbox")
+
+        rest = path[len("/data"):]
+        if rest.startswith("/archive"):
+            rest = rest[len("/archive"):]
+        segments = [unquote(s) for s in rest.strip("/").split("/") if s != ""]
+        return self._catalog(segments)
+
+    def _form_login(self):
+        fields = dict(parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True))
+        fields = {**self.query, **fields}
+        self.auth_kind = "form"
+        name, password = fields.get("username", ""), fields.get("password", "")
+        user = self.state.check_login(name, password)
+        if user is None:
+            return self._send(401, LOGIN_FAILED_PAGE, "text/html;charset=UTF-8")
+        self.jsid = self.state.new_session(user)
+        self.new_cookies = self._session_cookies(self.jsid)
+        return self._send_text(self.jsid)
+
+    def _xapi(self, path: str):
+        if path.startswith("/xapi/siteConfig/buildInfo"):
+            info = {"version": XNAT_VERSION, "buildNumber": "8", "buildDate": "Mon Jan 15 12:00:00 UTC 2024",
+                    "commit": "sandbox", "sha": "sandbox", "isDirty": "false", "branch": "sandbox"}
+            sub = path[len("/xapi/siteConfig/buildInfo"):].strip("/")
+            if sub:
+                if sub not in info:
+                    raise _HTTPError(404, f"No such property {sub}")
+                return self._send_text(info[sub])
+            return self._send_json(info)
+        if path.rstrip("/") == "/xapi/schemas":
+            return self._send_json(["xdat", "xnat"])
+        m = re.fullmatch(r"/xapi/schemas/([A-Za-z]+)(?:\.xsd)?", path)
+        if m:
+            try:
+                xsd = importlib_resources.files(__package__).joinpath("schemas", f"{m.group(1)}.xsd").read_bytes()
+            except FileNotFoundError:
+                raise _HTTPError(404, f"No schema {m.group(1)}")
+            return self._send(200, xsd, "application/xml;charset=UTF-8")
+        if path.rstrip("/") == "/xapi/siteConfig/uptime":
+            return self._send_json({"days": 0, "hours": 1, "minutes": 0, "seconds": 0})
+        raise _HTTPError(404, f"{path} not found")
+
+    def _tokens(self, path: str):
+        state = self.state
+        if path.rstrip("/") == "/data/services/tokens/issue":
+            alias = str(uuid.uuid4())
+            secret = secrets.token_urlsafe(48)
+            now = time.time()
+            expires = now + state.token_lifetime
+            with state.lock:
+                state.tokens[alias] = {"user": self.user, "secret": secret, "expires": expires}
+                token_id = len(state.tokens)
+            return self._send_json({
+                "alias": alias, "secret": secret, "xdatUserId": self.user, "singleUse": False,
+                "enabled": True, "id": token_id, "created": int(now * 1000), "timestamp": int(now * 1000),
+                "estimatedExpirationTime": int(expires * 1000), "validIPAddresses": [],
+                "disabled": 0})
+        m = re.fullmatch(r"/data/services/tokens/(validate|invalidate)/([^/]+)/([^/]+)", path)
+        if m:
+            action, alias, secret = m.group(1), unquote(m.group(2)), unquote(m.group(3))
+            with state.lock:
+                token = state.tokens.get(alias)
+                ok = token is not None and token["secret"] == secret and token["expires"] > time.time()
+                if ok and action == "invalidate":
+                    del state.tokens[alias]
+            if not ok:
+                raise _HTTPError(404, "No valid token with that alias and secret")
+            if action == "invalidate":
+                return self._send_text("")
+            return self._send_json({"valid": token["user"],
+                                    "estimatedExpirationTime": int(token["expires"] * 1000)})
+        raise _HTTPError(404, f"{path} not found")
+
+    # ---- catalog
+    def _check_project(self, project_id: str):
+        study = self.state.study
+        if study.project(project_id) is None:
+            raise _HTTPError(404, f"Unable to find project {project_id}")
+        if project_id in self.state.forbidden:
+            raise _HTTPError(403, f"Access denied to project {project_id}")
+
+    def _catalog(self, seg: list[str]):
+        """Resolve /data/... paths of (collection, id) pairs and answer them."""
+        study = self.state.study
+        project = subject = session = scan = resource = None
+        scan_all = False
+        i = 0
+
+        def nxt():
+            return seg[i + 1] if i + 1 < len(seg) else None
+
+        while i < len(seg):
+            coll, ident = seg[i], nxt()
+            if ident is None:
+                return self._listing(coll, project, subject, session, scan, scan_all, resource)
+            if coll == "projects" and not any((project, subject, session)):
+                self._check_project(ident)
+                project = study.project(ident)
+            elif coll == "subjects" and session is None and subject is None:
+                if project is not None:
+                    subject = study.subject_by_label(project.id, ident)
+                else:
+                    subject = study.subject(ident)
+                    if subject is not None:
+                        self._check_project(subject.project)
+                if subject is None:
+                    raise _HTTPError(404, f"Unable to find subject {ident}")
+            elif coll == "experiments" and session is None:
+                if subject is not None:
+                    session = study.session_by_label(subject.project, ident, subject.id)
+                elif project is not None:
+                    session = study.session_by_label(project.id, ident)
+                else:
+                    session = study.session(ident)
+                    if session is not None:
+                        self._check_project(session.project)
+                if session is None:
+                    raise _HTTPError(404, f"Unable to find experiment {ident}")
+            elif coll == "scans" and session is not None and scan is None and not scan_all:
+                if ident == "ALL" or "," in ident:
+                    scan_all = ident
+                else:
+                    scan = study.scan(session.id, ident)
+                    if scan is None:
+                        raise _HTTPError(404, f"Unable to find scan {ident}")
+            elif coll == "resources" and session is not None and resource is None and not scan_all:
+                pool = study.scan_resources(session.id, scan.id) if scan else study.session_resources(session.id)
+                resource = next((r for r in pool if ident in (r.id, r.label)), None)
+                if resource is None:
+                    raise _HTTPError(404, f"Unable to find resource {ident}")
+            elif coll == "files" and session is not None:
+                name = "/".join(seg[i + 1:])
+                return self._file(session, scan, resource, name)
+            else:
+                raise _HTTPError(404, f"Unsupported path /data/{'/'.join(seg)}")
+            i += 2
+        return self._item(project, subject, session, scan, resource)
+
+    # ---- rows
+    def _project_row(self, p):
+        return {"ID": p.id, "secondary_ID": p.secondary_id, "name": p.name, "description": p.description,
+                "pi_firstname": p.pi_firstname, "pi_lastname": p.pi_lastname,
+                "URI": f"/data/projects/{p.id}", "xsiType": "xnat:projectData"}
+
+    def _subject_row(self, s):
+        return {"ID": s.id, "label": s.label, "project": s.project, "insert_date": s.insert_date,
+                "insert_user": "sandbox_admin", "URI": f"/data/subjects/{s.id}", "xsiType": "xnat:subjectData"}
+
+    def _session_row(self, e):
+        return {"ID": e.id, "label": e.label, "project": e.project, "xsiType": e.xsi_type,
+                "date": e.date, "insert_date": e.insert_date, "URI": f"/data/experiments/{e.id}",
+                "subject_ID": e.subject_id, "subject_label": e.subject_label}
+
+    def _scan_row(self, sc):
+        return {"ID": sc.id, "type": sc.type, "xsiType": sc.xsi_type, "quality": sc.quality,
+                "series_description": sc.series_description, "note": sc.note,
+                "URI": f"/data/experiments/{sc.session_id}/scans/{sc.id}",
+                "xnat_imagescandata_id": sc.imagescandata_id}
+
+    def _resource_row(self, r, scan=None):
+        files = self.state.study.resource_files(r)
+        return {"xnat_abstractresource_id": r.id, "label": r.label, "element_name": "xnat:resourceCatalog",
+                "category": "scans" if r.scan_id else "resources", "cat_id": r.scan_id or "",
+                "cat_desc": scan.series_description if scan else "", "format": r.format,
+                "content": r.content, "tags": "", "file_count": str(len(files)),
+                "file_size": str(sum(f.size for f in files))}
+
+    def _file_row(self, f):
+        if f.scan_id is not None:
+            uri = f"/data/experiments/{f.session_id}/scans/{f.scan_id}/resources/{f.resource_id}/files/{f.name}"
+        else:
+            uri = f"/data/experiments/{f.session_id}/resources/{f.resource_id}/files/{f.name}"
+        return {"Name": f.name, "Size": str(f.size), "URI": uri, "collection": f.resource,
+                "file_tags": "", "file_format": "DICOM" if f.name.endswith(".dcm") else "",
+                "file_content": "RAW" if f.name.endswith(".dcm") else "", "cat_ID": f.resource_id,
+                "digest": f.md5}
+
+    def _listing(self, coll, project, subject, session, scan, scan_all, resource):
+        study = self.state.study
+        default = None
+        if coll == "projects" and not any((project, subject, session)):
+            rows = [self._project_row(study.project(p)) for p in study.projects if p not in self.state.forbidden]
+            default = ["ID", "secondary_ID", "name", "description", "pi_firstname", "pi_lastname", "URI"]
+        elif coll == "subjects" and session is None and subject is None:
+            if project is not None:
+                subjects = study.subjects(project.id)
+            else:
+                subjects = [s for p in study.projects if p not in self.state.forbidden for s in study.subjects(p)]
+            rows = [self._subject_row(s) for s in subjects]
+            default = ["ID", "label", "project", "insert_date", "insert_user", "URI"]
+        elif coll == "experiments" and session is None:
+            if subject is not None:
+                sessions = study.sessions(subject.id)
+            elif project is not None:
+                sessions = study.project_sessions(project.id)
+            else:
+                sessions = [e for p in study.projects if p not in self.state.forbidden
+                            for e in study.project_sessions(p)]
+            rows = [self._session_row(e) for e in sessions]
+            for key in ("xsiType", "date", "label"):
+                if key in self.query:
+                    rows = [r for r in rows if r[key] == self.query[key]]
+            default = ["ID", "label", "project", "xsiType", "date", "insert_date", "URI"]
+        elif coll == "scans" and session is not None and scan is None and not scan_all:
+            rows = [self._scan_row(sc) for sc in study.scans(session.id)]
+            default = ["xnat_imagescandata_id", "ID", "type", "xsiType", "quality", "series_description",
+                       "note", "URI"]
+        elif coll == "resources" and session is not None and resource is None and not scan_all:
+            pool = study.scan_resources(session.id, scan.id) if scan else study.session_resources(session.id)
+            rows = [self._resource_row(r, scan) for r in pool]
+            return self._send_rows(rows, list(rows[0]) if rows else [], honour_columns=False)
+        elif coll == "files" and session is not None:
+            if resource is not None:
+                files = study.resource_files(resource)
+                scans = [scan] if scan else []
+            elif scan is not None:
+                files = study.scan_files(session.id, scan.id)
+                scans = [scan]
+            elif scan_all:
+                wanted = None if scan_all == "ALL" else set(scan_all.split(","))
+                scans = [sc for sc in study.scans(session.id) if wanted is None or sc.id in wanted]
+                files = [f for sc in scans for f in study.scan_files(session.id, sc.id)]
+            else:
+                scans = study.scans(session.id)
+                files = study.files(session.id)
+            if self.query.get("format") == "zip":
+                return self._zip(session, files, scans)
+            rows = [self._file_row(f) for f in files]
+            return self._send_rows(rows, ["Name", "Size", "URI", "collection", "file_tags", "file_format",
+                                          "file_content", "cat_ID", "digest"], honour_columns=False)
+        else:
+            raise _HTTPError(404, "Unsupported listing")
+        return self._send_rows(rows, default)
+
+    def _send_rows(self, rows: list[dict], default: list[str], honour_columns: bool = True):
+        # XNAT's resource and file listings are catalog dumps: they ignore columns=
+        columns = self.query.get("columns") if honour_columns else None
+        if columns and columns != "DEFAULT":
+            wanted = [c for c in columns.split(",") if c]
+            if "URI" not in wanted:
+                wanted.append("URI")
+        else:
+            wanted = default
+        rows = [{k: r[k] for k in wanted if k in r} for r in rows]
+        fmt = self.query.get("format", "html").lower()
+        if fmt == "json":
+            return self._send_json({"ResultSet": {"Result": rows, "totalRecords": str(len(rows)),
+                                                  "title": "Sandbox listing"}})
+        if fmt == "csv":
+            out = io.StringIO()
+            w = csv.DictWriter(out, fieldnames=wanted, extrasaction="ignore", lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+            return self._send_text(out.getvalue(), ctype="text/csv;charset=UTF-8")
+        if fmt == "xml":
+            parts = ['<?xml version="1.0" encoding="UTF-8"?>\n<ResultSet totalRecords="%d"><results>'
+                     % len(rows)]
+            parts.append("<columns>" + "".join(f"<column>{html.escape(c)}</column>" for c in wanted)
+                         + "</columns><rows>")
+            for r in rows:
+                parts.append("<row>" + "".join(f"<cell>{html.escape(r.get(c, ''))}</cell>" for c in wanted)
+                             + "</row>")
+            parts.append("</rows></results></ResultSet>")
+            return self._send(200, "".join(parts).encode(), "text/xml;charset=UTF-8")
+        table = ["<!DOCTYPE html><html><body><table><tr>"]
+        table += [f"<th>{html.escape(c)}</th>" for c in wanted]
+        table.append("</tr>")
+        for r in rows:
+            table.append("<tr>" + "".join(f"<td>{html.escape(r.get(c, ''))}</td>" for c in wanted) + "</tr>")
+        table.append("</table></body></html>")
+        return self._send(200, "".join(table).encode(), "text/html;charset=UTF-8")
+
+    # ---- items
+    def _item(self, project, subject, session, scan, resource):
+        study = self.state.study
+        if resource is not None:
+            # XNAT answers a resource with its catalog; a listing is what clients need
+            files = study.resource_files(resource)
+            rows = [self._file_row(f) for f in files]
+            return self._send_rows(rows, list(rows[0]) if rows else [], honour_columns=False)
+        if scan is not None:
+            xsi, fields = scan.xsi_type, {
+                "ID": scan.id, "type": scan.type, "series_description": scan.series_description,
+                "quality": scan.quality, "note": scan.note, "image_session_ID": scan.session_id,
+                "xnat_imagescandata_id": scan.imagescandata_id, "project": study.session(scan.session_id).project}
+        elif session is not None:
+            xsi, fields = session.xsi_type, {
+                "ID": session.id, "label": session.label, "project": session.project, "date": session.date,
+                "subject_ID": session.subject_id, "modality": "MR", "scanner/manufacturer": "GE MEDICAL SYSTEMS"}
+        elif subject is not None:
+            xsi, fields = "xnat:subjectData", {"ID": subject.id, "label": subject.label,
+                                               "project": subject.project}
+        elif project is not None:
+            xsi, fields = "xnat:projectData", {"ID": project.id, "secondary_ID": project.secondary_id,
+                                               "name": project.name, "description": project.description}
+        else:
+            raise _HTTPError(404, "Nothing here")
+        fmt = self.query.get("format", "xml").lower()
+        if fmt == "json":
+            item = {"children": [], "meta": {"create_event_id": 1, "xsi:type": xsi, "isHistory": False,
+                                             "start_date": "Mon Jan 15 12:00:00 UTC 2024"},
+                    "data_fields": fields}
+            return self._send_json({"items": [item]})
+        tag = xsi.split(":")[1]
+        tag = tag[0].upper() + tag[1:]
+        attrs = " ".join(f'{k}="{html.escape(str(v))}"' for k, v in fields.items()
+                         if k in ("ID", "label", "project", "type"))
+        xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<xnat:{tag} {attrs} '
+               f'xmlns:xnat="http://nrg.wustl.edu/xnat" '
+               f'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"/>')
+        return self._send(200, xml.encode(), "text/xml;charset=UTF-8")
+
+    # ---- files
+    def _file(self, session, scan, resource, name: str):
+        study = self.state.study
+        if scan is None and resource is None:
+            raise _HTTPError(404, "Files must be addressed under a scan or a resource")
+        f = study.file(session.id, scan.id if scan else None, name)
+        if f is None or (resource is not None and f.resource_id != resource.id):
+            raise _HTTPError(404, f"Unable to find file {name}")
+        data = f.content()
+        ctype = "application/dicom" if name.endswith(".dcm") else "text/plain"
+        headers = {"Accept-Ranges": "bytes",
+                   "Content-Disposition": f'attachment; filename="{name}"',
+                   "Last-Modified": "Mon, 15 Jan 2024 12:00:00 GMT"}
+        rng = self.headers.get("Range")
+        if rng:
+            m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
+            size = len(data)
+            if not m or (m.group(1) == "" and m.group(2) == ""):
+                raise _HTTPError(416, "Bad range")
+            if m.group(1) == "":
+                start, end = max(0, size - int(m.group(2))), size - 1
+            else:
+                start = int(m.group(1))
+                end = int(m.group(2)) if m.group(2) else size - 1
+            end = min(end, size - 1)
+            if start >= size or start > end:
+                return self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{size}"})
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+            return self._send(206, data[start:end + 1], ctype, headers)
+        return self._send(200, data, ctype, headers)
+
+    def _zip(self, session, files, scans):
+        scan_by_id = {sc.id: sc for sc in scans}
+        self._log(200)
+        fault = self.fault
+        self.send_response(200)
+        self.send_header("Content-Type", "application/zip")
+        self.send_header("Content-Disposition", f'attachment; filename="{session.label}.zip"')
+        for c in self.new_cookies:
+            self.send_header("Set-Cookie", c)
+        self.send_header("Transfer-Encoding", "chunked")
+        if fault is not None:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.method == "HEAD":
+            return
+        writer = _BodyWriter(self, chunked=True, cut_after=fault.after_bytes if fault else None,
+                             cut_kind=fault.kind if fault else None)
+        with zipfile.ZipFile(writer, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for f in files:
+                if f.scan_id is not None:
+                    sc = scan_by_id.get(f.scan_id)
+                    stype = _safe(sc.type) if sc else ""
+                    arc = f"{session.label}/scans/{f.scan_id}-{stype}/resources/{f.resource}/files/{f.name}"
+                else:
+                    arc = f"{session.label}/resources/{f.resource}/files/{f.name}"
+                info = zipfile.ZipInfo(arc, date_time=(2024, 1, 15, 12, 0, 0))
+                info.compress_type = zipfile.ZIP_STORED
+                zf.writestr(info, f.content())
+        if fault is not None:
+            raise _ConnectionReset(fault.kind)
+        writer.finish()
+
+
+# ====================================================================== the server object
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, addr, handler, ssl_context=None):
+        self.ssl_context = ssl_context
+        self.connections: set = set()
+        self.conn_lock = threading.Lock()
+        super().__init__(addr, handler)
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        if self.ssl_context is not None:
+            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        with self.conn_lock:
+            self.connections.add(sock)
+        return sock, addr
+
+    def handle_error(self, request, client_address):
+        import sys
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (OSError, ValueError, ssl.SSLError)):
+            return  # clients going away are no error of the server's
+        super().handle_error(request, client_address)
+
+    def shutdown_request(self, request):
+        with self.conn_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_all(self):
+        with self.conn_lock:
+            conns = list(self.connections)
+            self.connections.clear()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class Sandbox:
+    """A running sandbox XNAT server on 127.0.0.1.
+
+    Use as a context manager (``with Sandbox() as sb: ...``) or call
+    :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(self, spec: StudySpec | None = None, *, latency: float = 0.0,
+                 bandwidth: Optional[float] = None, users: dict | None = None,
+                 lockout_after: int = 5, session_timeout: float = 900.0,
+                 forbidden_projects: Iterable[str] = (FORBIDDEN_PROJECT,),
+                 token_lifetime: float = 48 * 3600.0, port: int = 0,
+                 https: tuple | None = None):
+        self.spec = spec or StudySpec()
+        self.study = Study(self.spec)
+        users = dict(users) if users is not None else {"demo": "demo-password"}
+        if not users:
+            raise ValueError("at least one user is needed")
+        self._state = _ServerState(self.study, users, lockout_after, session_timeout,
+                                   forbidden_projects, token_lifetime)
+        self._state.latency = latency
+        self._state.bandwidth = bandwidth
+        self._port = port
+        self._https = https
+        self._server: Optional[_Server] = None
+        self._thread: Optional[threading.Thread] = None
+
+    # ---- lifecycle
+    def start(self) -> "Sandbox":
+        if self._server is not None:
+            return self
+        handler = type("SandboxHandler", (XNATRequestHandler,), {"state": self._state})
+        ctx = None
+        if self._https:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*self._https)
+        self._server = _Server(("127.0.0.1", self._port), handler, ssl_context=ctx)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="xnat-sandbox", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.close_all()
+        self._server.server_close()
+        self._thread.join(5)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> "Sandbox":
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # ---- connection facts
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("sandbox is not running")
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self._https else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def user(self) -> str:
+        return next(iter(self._state.users))
+
+    @property
+    def password(self) -> str:
+        return self._state.users[self.user]
+
+    @property
+    def users(self) -> dict:
+        return dict(self._state.users)
+
+    # ---- request log
+    @property
+    def requests(self) -> list[RequestRecord]:
+        with self._state.lock:
+            return list(self._state.log)
+
+    def clear_requests(self):
+        with self._state.lock:
+            self._state.log.clear()
+
+    # ---- auth state
+    def failed_logins(self, user: str) -> int:
+        with self._state.lock:
+            return self._state.failed.get(user, 0)
+
+    def locked(self, user: str) -> bool:
+        with self._state.lock:
+            return self._state.failed.get(user, 0) >= self._state.lockout_after
+
+    def expire_sessions(self):
+        with self._state.lock:
+            self._state.sessions.clear()
+
+    def expire_tokens(self):
+        """Make every issued alias token expired."""
+        with self._state.lock:
+            for t in self._state.tokens.values():
+                t["expires"] = 0
+
+    # ---- faults
+    def add_fault(self, fault: Fault) -> Fault:
+        with self._state.lock:
+            self._state.faults.append(fault)
+        return fault
+
+    def clear_faults(self):
+        with self._state.lock:
+            self._state.faults.clear()
+
+    # ---- cost
+    @property
+    def latency(self) -> float:
+        return self._state.latency
+
+    @latency.setter
+    def latency(self, value: float):
+        self._state.latency = float(value or 0.0)
+
+    @property
+    def bandwidth(self) -> Optional[float]:
+        return self._state.bandwidth
+
+    @bandwidth.setter
+    def bandwidth(self, value: Optional[float]):
+        self._state.bandwidth = float(value) if value else None
