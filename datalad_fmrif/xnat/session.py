@@ -1,0 +1,379 @@
+"""One logged-in XNAT session, reused for a whole run.
+
+XNAT's own docs warn that basic auth on every request opens a server session
+each time. We log in once (one request), let xnatpy set up the connection
+around that JSESSIONID, reuse it from any number of threads, and log in again
+exactly once when XNAT says the session expired. A rejected secret (401 on the
+login itself) is final: it is remembered across processes and never sent
+again, because NIH accounts lock after a few failed logins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import requests
+
+from ..credentials import Credential, Rejections
+from .errors import (
+    AccessDenied,
+    BadResponse,
+    CredentialRejected,
+    NotFound,
+    NotXnat,
+    ServerUnreachable,
+    TlsError,
+    TransientError,
+    XnatError,
+)
+
+lgr = logging.getLogger("datalad.fmrif.xnat")
+
+# xnatpy reports each login at INFO; that is our debug detail, not news
+_XNATPY_LOGGER = logging.getLogger("datalad.fmrif.xnatpy")
+_XNATPY_LOGGER.setLevel(logging.WARNING)
+
+TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
+LOGIN_HELP = "Run 'datalad fmrif-login' to store the right password"
+
+
+def looks_like_html(head: bytes) -> bool:
+    """An XNAT error page, whatever the status said."""
+    return head.lstrip()[:1] == b"<"
+
+
+class _CaBundleAdapter(requests.adapters.HTTPAdapter):
+    """Verifies with one CA bundle, whatever ``REQUESTS_CA_BUNDLE`` says.
+
+    requests lets that variable override a session's ``verify`` setting, so
+    a bundle configured in ``datalad.fmrif.ca-bundle`` would lose to it.
+    """
+
+    def __init__(self, bundle: str):
+        super().__init__()
+        self.bundle = bundle
+
+    def send(self, request, **kwargs):
+        kwargs["verify"] = self.bundle
+        return super().send(request, **kwargs)
+
+
+def _pin_ca_bundle(session: requests.Session, verify: str | bool) -> None:
+    if isinstance(verify, str):
+        session.mount("https://", _CaBundleAdapter(verify))
+
+
+@contextlib.contextmanager
+def _ca_bundle_for_xnatpy(verify: str | bool):
+    """xnatpy 0.8 applies only ``verify=False`` to the session it creates, so
+    during ``xnat.connect`` the environment is the one way to pass a bundle."""
+    saved = os.environ.get("REQUESTS_CA_BUNDLE")
+    if not isinstance(verify, str) or saved == verify:
+        yield
+        return
+    os.environ["REQUESTS_CA_BUNDLE"] = verify
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["REQUESTS_CA_BUNDLE"]
+        else:
+            os.environ["REQUESTS_CA_BUNDLE"] = saved
+
+
+class XnatSession:
+    """A logged-in session with retries, re-authentication and clear errors.
+
+    ``retries`` and ``backoff`` bound how long a transient failure (5xx,
+    reset, timeout) is retried: ``backoff * 2**n`` seconds before attempt n+1.
+    """
+
+    def __init__(
+        self,
+        server: str,
+        credential: Credential,
+        *,
+        verify: str | bool = True,
+        retries: int = 4,
+        backoff: float = 0.5,
+        timeout: float = 60.0,
+        rejections: Rejections | None = None,
+    ):
+        self.server = server.rstrip("/")
+        self.credential = credential
+        self.verify = verify
+        self.retries = retries
+        self.backoff = backoff
+        self.timeout = timeout
+        self.rejections = rejections or Rejections()
+        self.login_attempts = 0
+        self.xnat_version = ""
+        self._xnat = None  # the xnatpy session
+        self._generation = 0
+        self._lock = threading.Lock()
+
+    # -- connection -----------------------------------------------------------
+
+    def __enter__(self) -> "XnatSession":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        with self._lock:
+            self._login()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._xnat is not None:
+                try:
+                    self._xnat.disconnect()
+                except Exception as e:  # noqa: BLE001 - logging out is best effort
+                    lgr.debug("logout from %s failed: %s", self.server, type(e).__name__)
+                self._xnat = None
+
+    @property
+    def http(self) -> requests.Session:
+        """The requests session carrying the JSESSIONID cookie."""
+        if self._xnat is None:
+            self.connect()
+        return self._xnat.interface
+
+    def _login(self) -> None:
+        """One login request; then xnatpy sets up the connection around it.
+
+        Must be called with ``self._lock`` held.
+        """
+        cred = self.credential
+        with self.rejections.login_lock(cred.name):
+            when = self.rejections.rejected_at(cred)
+            if when:
+                raise CredentialRejected(
+                    f"XNAT at {self.server} rejected this credential "
+                    f"({cred.name!r}, from the {cred.source}) at {when}; it is "
+                    "not tried again, to keep the account from being locked. "
+                    f"{LOGIN_HELP}, then retry.",
+                    attempts=0,
+                )
+            if cred.is_token and cred.expired():
+                raise CredentialRejected(
+                    f"the alias token {cred.name!r} expired at {cred.expires}; "
+                    "issue a new one with 'datalad fmrif-login --token'",
+                    attempts=0,
+                )
+            jsession = self._request_jsession()
+        import xnat
+
+        old, self._xnat = self._xnat, None
+        if old is not None:
+            try:
+                old.interface.close()
+            except Exception:  # noqa: BLE001
+                pass
+        try:
+            with _ca_bundle_for_xnatpy(self.verify):
+                self._xnat = xnat.connect(
+                    self.server,
+                    jsession=jsession,
+                    verify=self.verify,
+                    no_parse_model=True,
+                    logger=_XNATPY_LOGGER,
+                    default_timeout=self.timeout,
+                )
+            _pin_ca_bundle(self._xnat.interface, self.verify)
+        except requests.exceptions.SSLError as e:
+            raise self._tls_error(e) from None
+        except requests.exceptions.RequestException as e:
+            raise ServerUnreachable(
+                f"cannot reach XNAT at {self.server}: {type(e).__name__}"
+            ) from None
+        except Exception as e:  # xnatpy's own errors say what went wrong
+            raise NotXnat(
+                f"{self.server} did not answer like XNAT after login: {e}"
+            ) from None
+        self.xnat_version = str(getattr(self._xnat, "xnat_version", "") or "")
+        self._generation += 1
+
+    def _request_jsession(self) -> str:
+        """The one login request. Alias tokens log in by basic auth, like xnatpy."""
+        cred = self.credential
+        probe = requests.Session()
+        probe.verify = self.verify
+        _pin_ca_bundle(probe, self.verify)
+        self.login_attempts += 1
+        try:
+            if cred.is_token:
+                response = probe.get(
+                    f"{self.server}/data/JSESSION",
+                    auth=(cred.user, cred.secret),
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                )
+            else:
+                response = probe.put(
+                    f"{self.server}/data/services/auth",
+                    data={"username": cred.user, "password": cred.secret},
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                )
+        except requests.exceptions.SSLError as e:
+            raise self._tls_error(e) from None
+        except requests.exceptions.RequestException as e:
+            raise ServerUnreachable(
+                f"cannot reach XNAT at {self.server}: {type(e).__name__}. "
+                "Check the URL and your network (NIH VPN?)"
+            ) from None
+        finally:
+            probe.close()
+        if response.status_code == 401:
+            self.rejections.remember(cred, self.server)
+            what = "alias token" if cred.is_token else "password"
+            raise CredentialRejected(
+                f"XNAT at {self.server} rejected the {what} of {cred.name!r} "
+                f"(from the {cred.source}); login attempts made: "
+                f"{self.login_attempts}. It is not tried again, to keep the "
+                f"account from being locked. {LOGIN_HELP}"
+                + (" or issue a new token with --token." if cred.is_token else "."),
+                attempts=self.login_attempts,
+            )
+        if response.status_code != 200:
+            raise NotXnat(
+                f"login at {self.server} answered HTTP {response.status_code}; "
+                "is this an XNAT server?"
+            )
+        token = response.cookies.get("JSESSIONID") or response.text.strip()
+        if not token or looks_like_html(token.encode()) or len(token) > 256:
+            raise NotXnat(
+                f"login at {self.server} returned no session; is this an XNAT server?"
+            )
+        return token
+
+    def _tls_error(self, e: Exception) -> TlsError:
+        return TlsError(
+            f"cannot verify the TLS certificate of {self.server} "
+            f"({type(e).__name__}). If your institution uses its own CA, point "
+            "git config datalad.fmrif.ca-bundle (or REQUESTS_CA_BUNDLE) at "
+            "its certificate bundle; verification is never turned off."
+        )
+
+    def _reauthenticate(self, seen_generation: int) -> None:
+        """Log in again, once, unless another thread already did."""
+        with self._lock:
+            if self._generation != seen_generation:
+                return
+            lgr.info("XNAT session at %s expired; logging in again", self.server)
+            self._login()
+
+    # -- requests ---------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, params: dict | None = None,
+                headers: dict | None = None, stream: bool = False) -> requests.Response:
+        """A request with retries on transient failures and one re-login.
+
+        ``path`` is a server path (``/data/...``); it is never a full URL, so
+        nothing is ever sent to another host.
+        """
+        if not path.startswith("/") or path.startswith("//"):
+            raise ValueError(f"not a server path: {path!r}")
+        url = self.server + path
+        reauthenticated = False
+        attempt = 0
+        while True:
+            generation = self._generation
+            http = self.http
+            try:
+                response = http.request(
+                    method, url, params=params, headers=headers, stream=stream,
+                    timeout=self.timeout, allow_redirects=False,
+                )
+            except requests.exceptions.SSLError as e:
+                raise self._tls_error(e) from None
+            except (requests.exceptions.ConnectionError,
+                    requests.exceptions.Timeout,
+                    requests.exceptions.ChunkedEncodingError) as e:
+                failure = f"{type(e).__name__}"
+                response = None
+            else:
+                expired = response.status_code == 401 or (
+                    response.status_code in (301, 302, 303, 307)
+                    and "login" in response.headers.get("Location", "").lower()
+                )
+                if expired:
+                    response.close()
+                    if reauthenticated:
+                        raise CredentialRejected(
+                            f"XNAT at {self.server} refused a fresh session for "
+                            f"{method} {path}", attempts=self.login_attempts)
+                    self._reauthenticate(generation)
+                    reauthenticated = True
+                    continue
+                if response.status_code not in TRANSIENT_STATUS:
+                    return self._check_status(response, method, path)
+                failure = f"HTTP {response.status_code}"
+                response.close()
+            if attempt >= self.retries:
+                raise TransientError(
+                    f"{method} {self.server}{path} failed after "
+                    f"{attempt + 1} attempts: {failure}"
+                )
+            delay = self.backoff * (2 ** attempt)
+            lgr.debug("%s %s: %s; retrying in %.1fs", method, path, failure, delay)
+            time.sleep(delay)
+            attempt += 1
+
+    def _check_status(self, response: requests.Response, method: str, path: str):
+        status = response.status_code
+        if status in (200, 206):
+            return response
+        response.close()
+        where = f"{method} {self.server}{path}"
+        if status == 403:
+            raise AccessDenied(f"{where}: access denied (403); ask the project "
+                               "owner for access on the XNAT web page")
+        if status == 404:
+            raise NotFound(f"{where}: not found (404)")
+        raise XnatError(f"{where}: HTTP {status}")
+
+    def get_json(self, path: str, params: dict | None = None) -> Any:
+        """GET a JSON document, re-logging in once if XNAT answers its login page."""
+        params = dict(params or {}, format="json")
+        for fresh_login in (False, True):
+            generation = self._generation
+            response = self.request("GET", path, params=params)
+            body = response.content
+            if not looks_like_html(body[:512]):
+                try:
+                    return json.loads(body)
+                except ValueError:
+                    raise BadResponse(
+                        f"GET {self.server}{path}: malformed JSON from the server"
+                    ) from None
+            # XNAT answers an expired session with its login page and 200
+            if fresh_login:
+                break
+            self._reauthenticate(generation)
+        raise BadResponse(
+            f"GET {self.server}{path}: the server sent an HTML page where JSON "
+            "was expected"
+        )
+
+    def result_set(self, path: str, params: dict | None = None) -> list[dict]:
+        """The rows of an XNAT listing (``{"ResultSet": {"Result": [...]}}``)."""
+        doc = self.get_json(path, params)
+        try:
+            rows = doc["ResultSet"]["Result"]
+        except (KeyError, TypeError):
+            raise BadResponse(
+                f"GET {self.server}{path}: not an XNAT listing (no ResultSet)"
+            ) from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise BadResponse(f"GET {self.server}{path}: malformed listing rows")
+        return rows
