@@ -1,0 +1,413 @@
+"""The ``fmrif`` git-annex special remote: get content back from XNAT.
+
+A download registers each file with its XNAT URL (claimed by this remote) and
+an ``MD5E`` key built from XNAT's size and digest. Later, here or in a clone,
+``datalad get`` asks git-annex, git-annex asks this remote, and this remote
+downloads the file through one logged-in XNAT session per process, verified
+against the key (:mod:`datalad_fmrif.transfer`).
+
+Set-up (``fmrif-download`` does this)::
+
+    git annex initremote fmrif type=external externaltype=fmrif \\
+        encryption=none autoenable=true server=https://fmrif-xnat.nimh.nih.gov
+
+The remote configuration lives in the git-annex branch, which is published
+with the dataset: it holds the server URL and, optionally, the name of the
+DataLad credential, never a user name or secret. The credential comes from
+the environment or the keyring of whoever runs ``datalad get``.
+
+XNAT is the archive: the remote is read-only. ``datalad drop`` still works,
+because CHECKPRESENT confirms that XNAT lists the file with the key's MD5.
+
+There is no WHEREIS handler: ``git annex whereis`` already lists the URLs
+claimed by this remote under its name (an answer would show each twice).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+from annexremote import Master, RemoteError, SpecialRemote
+
+from .credentials import (
+    CredentialError,
+    CredentialStore,
+    env_names,
+    normalize_server,
+    resolve_credential_name,
+    resolve_verify,
+)
+from .xnat.errors import (
+    AccessDenied,
+    CredentialRejected,
+    NotFound,
+    NotXnat,
+    ServerUnreachable,
+    TlsError,
+    TransientError,
+    XnatError,
+)
+
+if TYPE_CHECKING:
+    from .xnat.session import XnatSession
+
+lgr = logging.getLogger("datalad.fmrif.remote")
+
+READ_ONLY = "the fmrif remote is read-only: XNAT is the archive"
+
+# Errors that no retry in this process can fix: after the first one, every
+# further request fails at once with the same message, without contacting
+# XNAT or the keyring again (a rejected password must never be re-sent).
+_FATAL = (CredentialRejected, CredentialError, TlsError, NotXnat, ServerUnreachable)
+
+GIVE_UP_AFTER = 3
+
+_KEY = re.compile(r"^(?P<backend>[A-Za-z0-9_]+)(?P<fields>(?:-[A-Za-z][0-9]+)*)--(?P<name>.+)$")
+_MD5 = re.compile(r"^[0-9a-f]{32}$")
+
+
+def key_facts(key: str) -> tuple[int | None, str | None]:
+    """Size and MD5 that a git-annex key promises, where it says them.
+
+    ``MD5E-s1234--<md5>.dcm`` -> (1234, md5); other backends give the size
+    only; chunk keys (``-S``/``-C`` fields) describe a part, not the file.
+    """
+    match = _KEY.match(key)
+    if not match:
+        return None, None
+    fields = [f for f in match["fields"].split("-") if f]
+    if any(f[0] in "SC" for f in fields):
+        return None, None
+    size = next((int(f[1:]) for f in fields if f[0] == "s"), None)
+    md5 = None
+    if match["backend"] in ("MD5", "MD5E"):
+        digest = match["name"].split(".", 1)[0] if match["backend"] == "MD5E" else match["name"]
+        md5 = digest.lower() if _MD5.match(digest.lower()) else None
+    return size, md5
+
+
+def one_line(message: str) -> str:
+    """The special-remote protocol is line based: a message must be one line."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+class FmrifRemote(SpecialRemote):
+    """Read-only special remote for files registered by their XNAT URL."""
+
+    def __init__(self, annex):
+        super().__init__(annex)
+        self.configs = {
+            "server": "XNAT base URL, e.g. https://fmrif-xnat.nimh.nih.gov (required)",
+            "credential": "name of the DataLad credential (default: "
+                          "git config datalad.fmrif.credential, else derived from the server)",
+        }
+        self._server: str | None = None
+        self._cfg = None
+        self._session: XnatSession | None = None
+        self._fatal: str | None = None
+        self._failures_in_a_row = 0
+        self._listings: dict[str, dict[str, dict]] = {}
+
+    # -- set-up ----------------------------------------------------------------
+    #
+    # git-annex starts this program for every command that might need it
+    # (even `git annex info` or `registerurl`), so start-up stays cheap:
+    # DataLad's configuration, the keyring and requests are loaded only when
+    # the first request to XNAT is made.
+
+    def initremote(self):
+        server = self.annex.getconfig("server")
+        if not server:
+            raise RemoteError(
+                "server=URL is required, e.g. server=https://fmrif-xnat.nimh.nih.gov")
+        try:
+            server = normalize_server(server)
+        except CredentialError as e:
+            raise RemoteError(one_line(str(e))) from None
+        self.annex.setconfig("server", server)
+
+    def prepare(self):
+        """Check the configuration; logging in waits for the first request."""
+        self.server  # noqa: B018 - raises RemoteError when it is missing or bad
+
+    @property
+    def server(self) -> str:
+        """The server from the remote's configuration (CLAIMURL may come first)."""
+        if self._server is None:
+            value = self.annex.getconfig("server")
+            if not value:
+                raise RemoteError("the fmrif remote has no server configured; "
+                                  "run 'git annex enableremote NAME server=URL'")
+            try:
+                self._server = normalize_server(value)
+            except CredentialError as e:
+                raise RemoteError(one_line(str(e))) from None
+        return self._server
+
+    @property
+    def info(self) -> dict:
+        """Shown by ``git annex info fmrif``."""
+        return {"server": self.server, "credential": self._credential_name()}
+
+    @info.setter
+    def info(self, value) -> None:
+        pass  # SpecialRemote.__init__ assigns {}; ours is computed
+
+    def _config(self):
+        """DataLad's configuration of the repository this remote serves.
+
+        git-annex starts the remote in the repository, so dataset-level
+        ``datalad.fmrif.*`` settings (``.datalad/config``, ``.git/config``)
+        count, as do the global ones and DataLad's environment overrides.
+        """
+        if self._cfg is None:
+            from datalad.support.gitrepo import GitRepo
+            from datalad.utils import get_dataset_root
+
+            root = get_dataset_root(os.getcwd()) or os.getcwd()
+            self._cfg = GitRepo(root).config
+        return self._cfg
+
+    def _credential_name(self) -> str:
+        """Remote config ``credential``, else ``datalad.fmrif.credential``,
+        else a name derived from the server."""
+        return resolve_credential_name(
+            self.annex.getconfig("credential") or None, self.server, self._config())
+
+    def _xnat(self) -> XnatSession:
+        """The process's one XNAT session, made on first use (login is lazy)."""
+        if self._fatal:
+            raise RemoteError(self._fatal)
+        if self._session is None:
+            from .xnat.session import XnatSession
+
+            name = self._credential_name()
+            credential = CredentialStore(self._config()).get(name)
+            if credential is None:
+                user_var, secret_var = env_names(name)
+                raise CredentialError(
+                    f"no credential {name!r} for XNAT at {self.server}: run "
+                    f"'datalad fmrif-login' for this server (or, for batch "
+                    f"jobs, set {user_var} and {secret_var})")
+            self._session = XnatSession(self.server, credential,
+                                        verify=resolve_verify(self._config()))
+        return self._session
+
+    @contextlib.contextmanager
+    def _errors(self):
+        """Errors -> RemoteError with a one-line message for git-annex.
+
+        A credential, TLS or connection problem ends all further requests
+        of this process at once (a rejected password is never re-sent), and
+        so does a server that failed ``GIVE_UP_AFTER`` requests in a row even
+        after their retries: every file would otherwise wait through its
+        own round of backoff.
+        """
+        try:
+            yield
+        except RemoteError:
+            raise
+        except _FATAL as e:
+            self._fatal = one_line(str(e))
+            raise RemoteError(self._fatal) from None
+        except TransientError as e:
+            self._failures_in_a_row += 1
+            message = one_line(str(e))
+            if self._failures_in_a_row >= GIVE_UP_AFTER:
+                self._fatal = (f"{message} (XNAT failed {self._failures_in_a_row} "
+                               "requests in a row; not trying the rest now)")
+            raise RemoteError(message) from None
+        except (XnatError, OSError) as e:
+            raise RemoteError(one_line(str(e)) or type(e).__name__) from None
+        except Exception as e:  # noqa: BLE001 - a bug or an unforeseen library error:
+            # one failed request, not a dead remote process
+            lgr.debug("unexpected error", exc_info=True)
+            raise RemoteError(f"{type(e).__name__}: {one_line(str(e))}") from None
+        else:
+            self._failures_in_a_row = 0
+
+    # -- URLs --------------------------------------------------------------------
+
+    def claimurl(self, url):
+        return url.startswith(self.server + "/data/")
+
+    def _path(self, url: str) -> str:
+        return url[len(self.server):]
+
+    def _urls(self, key: str) -> list[str]:
+        """The key's URLs on this server (registered with registerurl/addurl)."""
+        return [u for u in self.annex.geturls(key, self.server + "/data/") if u]
+
+    def checkurl(self, url):
+        if not self.claimurl(url):
+            return False
+        with self._errors():
+            try:
+                response = self._xnat().request("HEAD", self._path(url))
+            except NotFound:
+                return False
+            response.close()
+        length = response.headers.get("Content-Length", "")
+        return [{"size": int(length)}] if length.isdigit() else True
+
+    # -- content -----------------------------------------------------------------
+
+    def transfer_retrieve(self, key, filename):
+        from .transfer import fetch
+
+        size, md5 = key_facts(key)
+        urls = self._urls(key)
+        if not urls:
+            raise RemoteError(f"no URL on {self.server} is recorded for {key}")
+        failures = []
+        for url in urls:
+            with self._errors():
+                try:
+                    fetch(self._xnat(), self._path(url), Path(filename),
+                          size=size, md5=md5, progress=self.annex.progress)
+                    return
+                except (NotFound, AccessDenied) as e:
+                    failures.append(one_line(str(e)))  # another URL may have it
+        raise RemoteError("; ".join(failures))
+
+    def checkpresent(self, key):
+        """Whether XNAT still holds this very content.
+
+        ``drop`` deletes the local copy on a "yes", so a file at the URL is
+        not enough: the listing of its resource (one request per resource,
+        kept for the life of the process) must show the key's MD5, or its
+        size where XNAT has no digest. A file changed on the server is then
+        "not present", and the last good copy is kept.
+        """
+        size, md5 = key_facts(key)
+        for url in self._urls(key):
+            with self._errors():
+                listed = self._listed(url)
+            if listed is None:
+                continue
+            listed_size, listed_md5 = listed
+            if md5 and listed_md5:
+                if listed_md5.lower() == md5:
+                    return True
+            elif size is None or listed_size == size:
+                return True
+            lgr.debug("%s: XNAT lists %s bytes, MD5 %s; the key is %s",
+                      url, listed_size, listed_md5 or "-", key)
+        return False
+
+    def _listed(self, url: str) -> tuple[int | None, str | None] | None:
+        """(size, MD5) of the file at ``url`` as XNAT reports it; None if absent."""
+        path = self._path(url)
+        folder, sep, name = path.partition("/files/")
+        if not sep or not name:
+            # not a resource file: all a HEAD can tell is its length
+            try:
+                response = self._xnat().request("HEAD", path)
+            except NotFound:
+                return None
+            response.close()
+            length = response.headers.get("Content-Length", "")
+            return (int(length) if length.isdigit() else None), None
+        listing = self._listings.get(folder)
+        if listing is None:
+            try:
+                rows = self._xnat().result_set(folder + "/files")
+            except NotFound:
+                rows = []
+            listing = {}
+            for row in rows:
+                rel = str(row.get("URI", "")).partition("/files/")[2] or str(row.get("Name", ""))
+                listing[unquote(rel)] = row
+            self._listings[folder] = listing
+            while len(self._listings) > 16:
+                self._listings.pop(next(iter(self._listings)))
+        row = listing.get(unquote(name))
+        if row is None:
+            return None
+        size = str(row.get("Size", ""))
+        return (int(size) if size.isdigit() else None), (str(row.get("digest") or "") or None)
+
+    def close(self) -> None:
+        """Log out, so that XNAT does not keep the session until it times out."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def transfer_store(self, key, filename):
+        raise RemoteError(READ_ONLY)
+
+    def remove(self, key):
+        raise RemoteError(READ_ONLY)
+
+
+class _AnnexLog(logging.Handler):
+    """Log records as git-annex DEBUG messages (shown with ``--debug``).
+
+    Only from the main thread: the protocol stream is not shared with
+    xnatpy's keep-alive thread.
+    """
+
+    def __init__(self, annex: Master):
+        super().__init__(logging.DEBUG)
+        self.annex = annex
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+
+    def emit(self, record):
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            for line in self.format(record).splitlines():
+                self.annex.debug(line)
+        except Exception:  # noqa: BLE001 - logging must never break the protocol
+            self.handleError(record)
+
+
+def _protocol_streams():
+    """Private copies of stdin/stdout for the protocol.
+
+    File descriptors 0 and 1 then point at /dev/null and stderr, so nothing
+    else (a library's print, a child process) can write into the protocol or
+    read git-annex's requests.
+    """
+    proto_in = os.fdopen(os.dup(0), "r", encoding="utf-8", errors="surrogateescape")
+    proto_out = os.fdopen(os.dup(1), "w", encoding="utf-8", errors="surrogateescape")
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    return proto_in, proto_out
+
+
+def main():
+    """Entry point of ``git-annex-remote-fmrif``."""
+    proto_in, proto_out = _protocol_streams()
+    master = Master(proto_out)
+    remote = FmrifRemote(master)
+    master.LinkRemote(remote)
+
+    log = logging.getLogger("datalad.fmrif")
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    log.addHandler(_AnnexLog(master))
+    warnings = logging.StreamHandler(sys.stderr)
+    warnings.setLevel(logging.WARNING)
+    log.addHandler(warnings)
+    logging.getLogger("datalad.fmrif.xnatpy").setLevel(logging.INFO)
+
+    try:
+        master.Listen(proto_in)
+    finally:
+        remote.close()
+
+
+if __name__ == "__main__":
+    main()
