@@ -102,3 +102,25 @@ def state_dir(tmp_path, monkeypatch):
     path = tmp_path / "state"
     monkeypatch.setenv("XDG_STATE_HOME", str(path))
     return path
+
+
+@pytest.fixture
+def sb(secret_service, state_dir):
+    """A small sandbox whose demo credential is stored in the real keyring."""
+    from datalad_fmrif.credentials import CredentialStore, default_credential_name
+    from datalad_fmrif.sandbox import Sandbox, StudySpec
+
+    with Sandbox(StudySpec(seed=1, subjects=3, files_per_scan=3, file_size=4096)) as box:
+        name = default_credential_name(box.url)
+        store = CredentialStore()
+        store.set(name, box.user, box.password, realm=box.url)
+        yield box
+        store.remove(name)
+
+
+@pytest.fixture
+def ds(tmp_path):
+    """A fresh DataLad dataset."""
+    import datalad.api as dl
+
+    return dl.create(tmp_path / "study", result_renderer="disabled")

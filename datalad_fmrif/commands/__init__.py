@@ -1,0 +1,1 @@
+"""DataLad commands of datalad-fmrif: thin layers over the library modules."""
