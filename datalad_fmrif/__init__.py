@@ -7,5 +7,9 @@ command_suite = (
     "Download MRI data from the NIH FMRIF XNAT server",
     [
         ("datalad_fmrif.commands.login", "FmrifLogin", "fmrif-login", "fmrif_login"),
+        ("datalad_fmrif.commands.download", "FmrifDownload", "fmrif-download",
+         "fmrif_download"),
+        ("datalad_fmrif.commands.status", "FmrifStatus", "fmrif-status",
+         "fmrif_status"),
     ],
 )

@@ -462,3 +462,25 @@ class Annex:
                 f"git-annex lookupkey answered {len(answers)} of {len(lines)} "
                 f"paths: {proc.stderr.strip() or '(no error output)'}")
         return [a.strip() or None for a in answers]
+
+    def discard(self, paths: Sequence[str | os.PathLike]) -> None:
+        """Take files out of the index and the work tree (not committed yet:
+        e.g. registered files whose content could not be fetched)."""
+        lines = [_check_path(p) for p in paths]
+        if not lines:
+            return
+        proc = subprocess.run(
+            ["git", "rm", "--cached", "-q", "--ignore-unmatch",
+             "--pathspec-from-file=-", "--pathspec-file-nul"],
+            cwd=self.path, input="\0".join(lines), capture_output=True, text=True,
+            encoding="utf-8", errors="surrogateescape")
+        if proc.returncode != 0:
+            raise AnnexError(f"git rm --cached failed: {proc.stderr.strip()}")
+        for line in lines:
+            path = self.path / line
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+            parent = path.parent
+            while parent != self.path and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent

@@ -570,7 +570,7 @@ def test_name_sessions_continues_after_highest_assigned_even_if_absent():
 
 
 def test_name_sessions_grows_past_99():
-    s = sessions(*[(f"FMRIF_E{i:03d}", f"2024-01-01") for i in range(101)])
+    s = sessions(*[(f"FMRIF_E{i:03d}", "2024-01-01") for i in range(101)])
     names = name_sessions(s, {})
     assert names["FMRIF_E000"] == "01"
     assert names["FMRIF_E098"] == "99"

@@ -1,0 +1,325 @@
+"""``datalad fmrif-download``: the subjects of a list, from XNAT into a dataset."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from datalad_next.commands import (
+    EnsureCommandParameterization,
+    Parameter,
+    ValidatedInterface,
+    build_doc,
+    datasetmethod,
+    eval_results,
+)
+from datalad_next.constraints import (
+    EnsureBool,
+    EnsureDataset,
+    EnsureInt,
+    EnsureListOf,
+    EnsureRange,
+    EnsureStr,
+)
+
+from ..credentials import CredentialError
+from ..download import ACTION, Download, DownloadOptions
+from ..plan import DEFAULT_EXCLUDE_SERIES, DEFAULT_TEMPLATE, PlanError, PlanOptions
+from ..remote_setup import RemoteSetupError
+from ..subjects import (
+    SubjectListError,
+    apply_pseudonyms,
+    parse_subject_list,
+    read_pseudonyms,
+)
+from ..xnat.errors import XnatError
+from ._common import xnat_session
+
+lgr = logging.getLogger("datalad.fmrif.commands.download")
+
+LABELS_NEED_CONSENT = (
+    "the subject list has no Pseudonym column and no --pseudonyms FILE was "
+    "given. FMRIF subject labels are MRNs or names and session labels are "
+    "accession numbers; in file names and commit messages they stay in the "
+    "dataset's history for good and are published with it. Give pseudonyms "
+    "(a Pseudonym column, or --pseudonyms FILE with 'label,pseudonym' lines, "
+    "kept outside the dataset), or pass --keep-labels to accept labels in "
+    "the dataset."
+)
+
+
+@build_doc
+class FmrifDownload(ValidatedInterface):
+    """Download the MRI data of the subjects in a list from XNAT into a dataset
+
+    SUBJECTS is the list exported from the FMRIF XNAT web page (Processing
+    Dashboard -> Subjects -> Download CSV), a hand-edited version of it, or a
+    plain list with one subject label per line. Every file is registered with
+    its XNAT MD5 as its git-annex key and its XNAT URL, its content is fetched
+    in parallel and verified against that digest, and the run is committed
+    with a machine-readable record of where everything came from. Files can
+    be dropped and fetched again later with 'datalad get', here or in a
+    clone, through the 'fmrif' git-annex special remote.
+
+    A second run with the same list fetches only what is new. Subject labels
+    (MRNs, names) never enter the dataset unless --keep-labels says so:
+    give pseudonyms instead. Series that carry burned-in identifying text
+    (REQUISITION, SCREEN-SAVE, SAVE) are excluded by default.
+    """
+
+    _validator_ = EnsureCommandParameterization(dict(
+        subjects=EnsureStr(min_len=1),
+        dataset=EnsureDataset(installed=True, purpose="download XNAT data into"),
+        server=EnsureStr(min_len=1),
+        project=EnsureStr(min_len=1),
+        credential=EnsureStr(min_len=1),
+        path=EnsureStr(min_len=1),
+        pseudonyms=EnsureStr(min_len=1),
+        keep_labels=EnsureBool(),
+        include_series=EnsureStr(),
+        exclude_series=EnsureStr(),
+        resource=EnsureListOf(EnsureStr(min_len=1)),
+        no_content=EnsureBool(),
+        jobs=EnsureInt() & EnsureRange(min=1, max=32),
+        dry_run=EnsureBool(),
+        message=EnsureStr(),
+    ))
+
+    _params_ = dict(
+        subjects=Parameter(
+            args=("subjects",),
+            metavar="SUBJECTS",
+            doc="""path of the subject list (CSV from the Processing
+            Dashboard, or one label per line), or '-' to read it from stdin.
+            Optional columns: Project, Pseudonym, Session."""),
+        dataset=Parameter(
+            args=("-d", "--dataset"),
+            doc="""dataset to download into (create it first with 'datalad
+            create'). Default: the dataset of the current directory."""),
+        server=Parameter(
+            args=("--server",),
+            metavar="URL",
+            doc="""XNAT server. Default: git config datalad.fmrif.server, else
+            https://fmrif-xnat.nimh.nih.gov"""),
+        project=Parameter(
+            args=("--project",),
+            metavar="ID",
+            doc="""XNAT project (FMRIF protocol number, e.g. 17-M-0181) for
+            lists without a Project column; an error if it contradicts one."""),
+        credential=Parameter(
+            args=("--credential",),
+            metavar="NAME",
+            doc="""name of the credential stored by 'datalad fmrif-login'.
+            Default: git config datalad.fmrif.credential, else derived from
+            the server (fmrif-xnat)."""),
+        path=Parameter(
+            args=("--path",),
+            metavar="TEMPLATE",
+            doc=f"""where files go in the dataset. Fields: {{subject}},
+            {{session}} (names in the dataset), {{subject_id}}, {{session_id}}
+            (XNAT accession IDs), {{project}}, {{scan}}, {{scan_type}},
+            {{series_description}}, {{resource}}, {{resource_id}}, {{file}}.
+            Default: '{DEFAULT_TEMPLATE}'"""),
+        pseudonyms=Parameter(
+            args=("--pseudonyms",),
+            metavar="FILE",
+            doc="""file of 'label,pseudonym' lines (keep it outside the
+            dataset): the pseudonym names the subject in the dataset, and
+            sessions are named 01, 02, ... in acquisition order."""),
+        keep_labels=Parameter(
+            args=("--keep-labels",),
+            action="store_true",
+            doc="""use XNAT's labels (MRNs, names, accession numbers) in the
+            dataset. They stay in its history for good: only with the
+            consent of whoever governs the data."""),
+        include_series=Parameter(
+            args=("--include-series",),
+            metavar="REGEX",
+            doc="""only scans whose series description or type matches
+            (case-insensitive search)."""),
+        exclude_series=Parameter(
+            args=("--exclude-series",),
+            metavar="REGEX",
+            doc=f"""leave out scans whose series description or type matches
+            (case-insensitive). Giving it replaces the default, which leaves
+            out series with burned-in identifying text: '{DEFAULT_EXCLUDE_SERIES}'
+            """),
+        resource=Parameter(
+            args=("--resource",),
+            action="append",
+            metavar="LABEL",
+            doc="""XNAT resource to download; repeat for several. Default:
+            DICOM. 'supplementary' adds FMRIF's session-level physio
+            files."""),
+        no_content=Parameter(
+            args=("--no-content",),
+            action="store_true",
+            doc="""register files (keys, URLs, metadata) without downloading
+            them; 'datalad get' fetches them later."""),
+        jobs=Parameter(
+            args=("-J", "--jobs"),
+            metavar="N",
+            doc="""parallel transfers (1-32). Default: 4, to be polite to the
+            server."""),
+        dry_run=Parameter(
+            args=("--dry-run",),
+            action="store_true",
+            doc="""show what would be downloaded (sessions, files, bytes,
+            what is new) and change nothing."""),
+        message=Parameter(
+            args=("-m", "--message",),
+            metavar="MESSAGE",
+            doc="""commit message; the machine-readable record is added to
+            it. Do not put labels here when using pseudonyms."""),
+    )
+
+    _examples_ = [
+        {"text": "Download the subjects of a Processing Dashboard export, "
+                 "with a Pseudonym column added",
+         "code_cmd": "datalad fmrif-download processing_data.csv"},
+        {"text": "A plain list of labels of one project, with pseudonyms "
+                 "kept outside the dataset",
+         "code_cmd": "datalad fmrif-download --project 17-M-0181 "
+                     "--pseudonyms ~/secure/pseudonyms.csv subjects.txt"},
+        {"text": "Register only (no content), fetch one subject later",
+         "code_cmd": "datalad fmrif-download --no-content subjects.csv && "
+                     "datalad get sub-01"},
+    ]
+
+    @staticmethod
+    @datasetmethod(name="fmrif_download")
+    @eval_results
+    def __call__(subjects, *, dataset=None, server=None, project=None,
+                 credential=None, path=DEFAULT_TEMPLATE, pseudonyms=None,
+                 keep_labels=False, include_series=None,
+                 exclude_series=DEFAULT_EXCLUDE_SERIES, resource=None,
+                 no_content=False, jobs=4, dry_run=False, message=None):
+        ds = dataset.ds if dataset else _current_dataset()
+
+        def failed(msg, status="impossible"):
+            return {"action": ACTION, "status": status, "message": msg,
+                    "path": ds.path, "type": "dataset", "refds": ds.path}
+
+        if pseudonyms and keep_labels:
+            yield failed("--pseudonyms and --keep-labels exclude each other")
+            return
+        options = PlanOptions(
+            template=path, include_series=include_series or None,
+            exclude_series=exclude_series or None,
+            resources=tuple(resource or ("DICOM",)))
+        try:
+            options.validate()
+            subject_list = _read_subjects(subjects, project, pseudonyms)
+        except (PlanError, SubjectListError, OSError) as e:
+            yield failed(str(e))
+            return
+        pseudonymous = any(r.pseudonym for r in subject_list.requests)
+        if not pseudonymous and not keep_labels:
+            yield failed(LABELS_NEED_CONSENT)
+            return
+        if pseudonymous and not all(r.pseudonym for r in subject_list.requests):
+            line = next(r.line for r in subject_list.requests if not r.pseudonym)
+            yield failed(f"line {line}: no pseudonym for this subject")
+            return
+        missing = [r.line for r in subject_list.requests if not r.project]
+        if missing:
+            yield failed(f"line {missing[0]}: no project; the list has no "
+                         "Project column, so give --project")
+            return
+        for note in subject_list.notes:
+            lgr.info("%s", note)
+
+        try:
+            xnat = xnat_session(ds.config, server, credential)
+        except CredentialError as e:
+            yield failed(str(e))
+            return
+        opts = DownloadOptions(
+            server=xnat.server, plan=options, keep_labels=keep_labels,
+            no_content=no_content, jobs=jobs, dry_run=dry_run,
+            message=message, credential=credential,
+            command=_command_line(ds, subjects, server, project, credential,
+                                  path, pseudonyms, keep_labels, include_series,
+                                  exclude_series, resource, no_content, jobs))
+        try:
+            with xnat:
+                yield from Download(ds, subject_list, opts, xnat).run()
+        except (XnatError, RemoteSetupError) as e:
+            yield failed(str(e), status="error")
+
+    @staticmethod
+    def custom_result_summary_renderer(results):
+        from datalad.ui import ui
+
+        sessions = [r for r in results
+                    if r.get("action") == ACTION and r.get("type") == "session"
+                    and "files_new" in r]
+        if not sessions:
+            return
+        total = {k: sum(r.get(k, 0) for r in sessions)
+                 for k in ("files_new", "files_present", "files_changed",
+                           "files_failed", "files_excluded")}
+        ui.message(
+            f"{len(sessions)} sessions: {total['files_new']} new files, "
+            f"{total['files_present']} already present, "
+            f"{total['files_changed']} changed on XNAT, "
+            f"{total['files_failed']} failed, {total['files_excluded']} excluded")
+
+
+def _current_dataset():
+    from datalad.distribution.dataset import require_dataset
+
+    return require_dataset(None, check_installed=True,
+                           purpose="download XNAT data into")
+
+
+def _read_subjects(subjects: str, project, pseudonyms):
+    if subjects == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        data = Path(subjects).read_bytes()
+    subject_list = parse_subject_list(data, project=project)
+    if pseudonyms:
+        mapping = read_pseudonyms(Path(pseudonyms).read_bytes())
+        subject_list = apply_pseudonyms(subject_list, mapping)
+    return subject_list
+
+
+def _command_line(ds, subjects, server, project, credential, path, pseudonyms,
+                  keep_labels, include_series, exclude_series, resource,
+                  no_content, jobs) -> str:
+    """The command that ``datalad rerun`` runs again, from the dataset root."""
+    def where(p):
+        if p == "-":
+            return p
+        full = Path(p).absolute()
+        try:
+            return str(full.relative_to(ds.pathobj))
+        except ValueError:
+            return str(full)
+
+    argv = ["datalad", "fmrif-download", "-d", "."]
+    for flag, value in (("--server", server), ("--project", project),
+                        ("--credential", credential)):
+        if value:
+            argv += [flag, value]
+    if path != DEFAULT_TEMPLATE:
+        argv += ["--path", path]
+    if pseudonyms:
+        argv += ["--pseudonyms", where(pseudonyms)]
+    if keep_labels:
+        argv.append("--keep-labels")
+    if include_series:
+        argv += ["--include-series", include_series]
+    if exclude_series != DEFAULT_EXCLUDE_SERIES:
+        argv += ["--exclude-series", exclude_series or ""]
+    for r in resource or ():
+        argv += ["--resource", r]
+    if no_content:
+        argv.append("--no-content")
+    if jobs != 4:
+        argv += ["-J", str(jobs)]
+    argv.append(where(subjects))
+    return shlex.join(argv)

@@ -1,0 +1,460 @@
+"""The download: subject list -> XNAT catalog -> plan -> annex -> commit.
+
+Everything that talks to XNAT goes through one logged-in ``XnatSession``;
+everything that touches the dataset goes through batched git-annex calls.
+The order of the steps is what makes an interrupted run harmless:
+
+1. list and plan every session (no change to the dataset);
+2. register the new files with their XNAT keys and URLs (content-less);
+3. fetch content through the ``fmrif`` special remote (``git annex get -J``,
+   verified against XNAT's MD5 by git-annex before it enters the annex);
+4. write the session manifests and commit once, with a run record.
+
+A run killed anywhere leaves at most registered, uncommitted files whose
+keys are XNAT's digests; the next run recognises them and completes the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from . import __version__
+from .annex import Annex
+from .plan import PlanOptions, SessionPlan, name_sessions, plan_session, sanitize_label
+from .provenance import (
+    assigned_names,
+    common_dir,
+    load_manifests,
+    options_record,
+    run_record,
+    run_record_message,
+    session_manifest,
+    write_manifest,
+)
+from .remote_setup import ensure_remote
+from .subjects import SubjectList, SubjectRequest
+from .xnat.catalog import project_subjects, session_catalog, subject_sessions
+from .xnat.errors import AccessDenied, NotFound
+from .xnat.records import Session, Subject
+from .xnat.session import XnatSession
+
+lgr = logging.getLogger("datalad.fmrif.download")
+
+ACTION = "fmrif-download"
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    server: str
+    plan: PlanOptions
+    keep_labels: bool
+    no_content: bool = False
+    jobs: int = 4
+    dry_run: bool = False
+    message: str | None = None
+    credential: str | None = None  # explicit --credential, recorded in the remote
+    command: str = ""  # the command line, for the run record
+
+
+@dataclass
+class _SessionWork:
+    """One planned session and what this run does with it."""
+
+    plan: SessionPlan
+    subject: Subject
+    project: str
+    new: list = field(default_factory=list)  # PlannedFile
+    present: list = field(default_factory=list)
+    changed: dict = field(default_factory=dict)  # path -> server md5
+    failed: dict = field(default_factory=dict)  # path -> message
+
+    @property
+    def session(self) -> Session:
+        return self.plan.catalog.session
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class Download:
+    """One run of ``fmrif-download``; ``run()`` yields DataLad result records."""
+
+    def __init__(self, dataset, subjects: SubjectList, options: DownloadOptions,
+                 xnat: XnatSession):
+        self.ds = dataset
+        self.root = Path(dataset.path)
+        self.subjects = subjects
+        self.options = options
+        self.xnat = xnat
+        self.manifests = load_manifests(self.root)
+        self.assigned = assigned_names(self.manifests)
+        self.time = now_iso()
+        self.work: list[_SessionWork] = []
+
+    # -- results ------------------------------------------------------------
+
+    def _result(self, status: str, message: str, *, path: str | None = None,
+                type: str = "session", **fields) -> dict:
+        res = {
+            "action": ACTION,
+            "status": status,
+            "message": message,
+            "path": str(self.root / path) if path else str(self.root),
+            "type": type,
+            "refds": str(self.root),
+        }
+        res.update(fields)
+        return res
+
+    def _line(self, req: SubjectRequest) -> str:
+        # messages name the line of the list, never the label (an identifier)
+        return f"subject on line {req.line} of the list"
+
+    # -- 1. list and plan -----------------------------------------------------
+
+    def _plan(self) -> Iterator[dict]:
+        by_project: dict[str, list[SubjectRequest]] = {}
+        for req in self.subjects.requests:
+            by_project.setdefault(req.project, []).append(req)
+        names_in_use: dict[str, str] = {}  # dataset subject name -> subject ID
+        for project, requests in by_project.items():
+            try:
+                subjects = project_subjects(self.xnat, project)
+            except (AccessDenied, NotFound) as e:
+                why = ("you may not read project" if isinstance(e, AccessDenied)
+                       else "there is no project")
+                for req in requests:
+                    yield self._result(
+                        "impossible", f"{self._line(req)}: {why} {project} on "
+                        f"{self.options.server}", type="subject")
+                continue
+            for req in requests:
+                subject = subjects.get(req.label)
+                if subject is None:
+                    yield self._result(
+                        "impossible", f"{self._line(req)} is not a subject of "
+                        f"project {project}", type="subject")
+                    continue
+                yield from self._plan_subject(req, subject, project, names_in_use)
+
+    def _plan_subject(self, req: SubjectRequest, subject: Subject, project: str,
+                      names_in_use: dict) -> Iterator[dict]:
+        name = req.pseudonym if req.pseudonym else sanitize_label(req.label)
+        if names_in_use.setdefault(name, subject.id) != subject.id:
+            yield self._result(
+                "error", f"{self._line(req)} would get the dataset name "
+                f"sub-{name}, which another subject of this run has", type="subject")
+            return
+        every = subject_sessions(self.xnat, subject)
+        # names given on earlier runs never change
+        earlier = {s.id: self.assigned[s.id] for s in every if s.id in self.assigned}
+        for sid, (subj, _) in earlier.items():
+            if subj != name:
+                yield self._result(
+                    "error", f"{self._line(req)}: session {sid} is already in the "
+                    f"dataset as sub-{subj}, not sub-{name}; check the pseudonyms",
+                    type="session")
+                return
+        if self.options.keep_labels:
+            session_names = {s.id: earlier.get(s.id, (name, sanitize_label(s.label)))[1]
+                             for s in every}
+        else:
+            # numbered in acquisition order among ALL sessions of the subject
+            session_names = name_sessions(
+                every, {sid: ses for sid, (_, ses) in earlier.items()})
+        if len(set(session_names.values())) != len(session_names):
+            yield self._result("error", f"{self._line(req)}: two sessions get the "
+                               "same name in the dataset", type="subject")
+            return
+        sessions = every
+        if req.sessions:
+            wanted = set(req.sessions)
+            sessions = [s for s in every if s.label in wanted or s.id in wanted]
+            found = {s.label for s in sessions} | {s.id for s in sessions}
+            if wanted - found:
+                yield self._result(
+                    "impossible", f"{self._line(req)}: {len(wanted - found)} of its "
+                    "listed sessions are not in XNAT", type="session")
+        if not sessions:
+            yield self._result("notneeded", f"{self._line(req)} has no image "
+                               "sessions to download", type="subject")
+            return
+        resources = [r for r in self.options.plan.resources if r != "DICOM"]
+        for session in sessions:
+            try:
+                catalog = session_catalog(self.xnat, session, resources)
+            except (AccessDenied, NotFound) as e:
+                yield self._result("impossible", str(e), type="session",
+                                   xnat_session_id=session.id)
+                continue
+            plan = plan_session(catalog, subject=name, session=session_names[session.id],
+                                project=project, options=self.options.plan)
+            for why in catalog.rejected:
+                lgr.warning("XNAT listing of session %s: %s", session.id, why)
+            if plan.problems:
+                yield self._result(
+                    "error", f"session {session.id} not downloaded: "
+                    + "; ".join(plan.problems), type="session",
+                    xnat_session_id=session.id)
+                continue
+            self.work.append(_SessionWork(plan=plan, subject=subject, project=project))
+
+    # -- compare with what the dataset has ------------------------------------
+
+    def _classify(self, annex: Annex) -> None:
+        """Split planned files into new, present, and changed on the server."""
+        lookups = []
+        for w in self.work:
+            known = {f["path"]: f for f in
+                     self.manifests.get(w.session.id, {}).get("files", [])}
+            for pf in w.plan.files:
+                before = known.get(pf.path)
+                if before and before.get("md5") == pf.md5 and pf.md5:
+                    w.present.append(pf)
+                elif before and before.get("md5") and before["md5"] != pf.md5:
+                    w.changed[pf.path] = pf.md5 or "(no digest)"
+                elif os.path.lexists(self.root / pf.path):
+                    lookups.append((w, pf))
+                else:
+                    w.new.append(pf)
+        if not lookups:
+            return
+        # a path already there: left by an interrupted run (same key), or not ours
+        keys = annex.lookupkey([pf.path for _, pf in lookups])
+        for (w, pf), key in zip(lookups, keys):
+            if key and pf.key and key == pf.key:
+                w.present.append(pf)
+            elif key and not pf.key:
+                w.present.append(pf)  # registered by content earlier
+            else:
+                w.failed[pf.path] = ("the dataset already has a different file "
+                                     "at this path; not replaced")
+
+    # -- 2. and 3. register and fetch -------------------------------------------
+
+    def _register(self, annex: Annex) -> None:
+        known = [(w, pf) for w in self.work for pf in w.new if pf.key]
+        unknown = [(w, pf) for w in self.work for pf in w.new if not pf.key]
+        server = self.options.server
+        failures = {}
+        if known:
+            for res in annex.registerurl([(pf.key, server + pf.url_path)
+                                          for _, pf in known]):
+                if not res.get("success", True):
+                    failures[res.get("key")] = _errors(res)
+            for res in annex.fromkey([(pf.key, pf.path) for _, pf in known]):
+                if not res.get("success", True):
+                    failures[res.get("file")] = _errors(res)
+        if unknown:
+            # no digest from XNAT: the content must be fetched to make a key
+            for res in annex.addurls_unknown([(server + pf.url_path, pf.path)
+                                              for _, pf in unknown]):
+                if not res.get("success", True):
+                    failures[res.get("file")] = _errors(res)
+        for w, pf in known + unknown:
+            why = failures.get(pf.path) or failures.get(pf.key)
+            if why:
+                w.failed[pf.path] = why
+        items = [(pf.path, pf.metadata(w.project))
+                 for w, pf in known + unknown if pf.path not in w.failed]
+        if items:
+            for res in annex.set_metadata(items):
+                if not res.get("success", True):
+                    lgr.warning("could not set metadata of %s: %s",
+                                res.get("file"), _errors(res))
+
+    def _fetch(self, annex: Annex) -> None:
+        from datalad.log import log_progress
+
+        todo = [(w, pf) for w in self.work for pf in w.new + w.present
+                if pf.path not in w.failed]
+        if not todo:
+            return
+        total = sum(pf.size for _, pf in todo)
+        owner = {pf.path: w for w, pf in todo}
+        pid = f"fmrif-download-{id(self)}"
+        log_progress(lgr.info, pid, "Fetching content from %s", self.options.server,
+                     total=total, label="Downloading", unit=" Bytes")
+        done = {}
+
+        def progress(record):
+            key = record.get("action", {}).get("file") or record.get("file")
+            if not key:
+                return
+            now = int(record.get("byte-progress", 0) or 0)
+            step = now - done.get(key, 0)
+            done[key] = now
+            if step > 0:
+                log_progress(lgr.info, pid, "%s", key, update=step, increment=True,
+                             noninteractive_level=logging.DEBUG)
+
+        try:
+            for res in annex.get([pf.path for _, pf in todo],
+                                 jobs=self.options.jobs, progress=progress):
+                path = res.get("file")
+                if path in owner and not res.get("success", False):
+                    owner[path].failed[path] = _errors(res) or "transfer failed"
+        finally:
+            log_progress(lgr.info, pid, "Finished fetching content")
+
+    # -- 4. record and commit ---------------------------------------------------
+
+    def _record(self) -> list[str]:
+        written = []
+        for w in self.work:
+            previous = self.manifests.get(w.session.id)
+            manifest = session_manifest(
+                w.plan, server=self.options.server, project=w.project,
+                time=self.time,
+                subject_label=w.subject.label if self.options.keep_labels else None,
+                previous=previous, changed=w.changed,
+                left_out={pf.path for pf in w.new if pf.path in w.failed},
+                options=self.options.plan)
+            if manifest != previous:
+                written.append(write_manifest(self.root, manifest))
+        return written
+
+    def _commit(self, files: list[str], records: list[str],
+                summary: dict) -> dict | None:
+        """Two commits: the files, then the manifests with the run record.
+
+        ``datalad rerun`` unlocks every file the commit it repeats added or
+        changed, which for annexed files means copying their content. With
+        the files in their own commit, the run record commit changes only
+        the manifests, and a rerun costs nothing but the new downloads.
+        """
+        server = self.options.server
+        if files:
+            n = summary["counts"]["new"]
+            failure = self._save(
+                files, f"Add {n} files of {len(self.work)} XNAT sessions from "
+                f"{server}\n\nMade by datalad fmrif-download; its record is in "
+                "the next commit.")
+            if failure:
+                return failure
+        if not records:
+            return None
+        extra = {
+            "server": server,
+            "xnat_version": self.xnat.xnat_version,
+            "datalad_fmrif_version": __version__,
+            "subject_list_sha256": self.subjects.sha256,
+            "options": dict(options_record(self.options.plan),
+                            keep_labels=self.options.keep_labels,
+                            no_content=self.options.no_content),
+            "sessions": sorted(w.session.id for w in self.work),
+            "counts": summary["counts"],
+            "bytes": summary["bytes"],
+            "time": self.time,
+        }
+        n = summary["counts"]
+        message = self.options.message or (
+            f"Download {n.get('new', 0)} new files of {len(self.work)} sessions "
+            f"from {server}")
+        record = run_record(self.options.command, self.ds.id or "", extra)
+        return self._save(records, run_record_message(message, record))
+
+    def _save(self, paths: list[str], message: str) -> dict | None:
+        res = self.ds.save(path=paths, message=message, result_renderer="disabled",
+                           return_type="list", on_failure="ignore")
+        bad = [r for r in res if r.get("status") not in ("ok", "notneeded")]
+        if bad:
+            return self._result("error", "saving the dataset failed: "
+                                + "; ".join(str(r.get("message")) for r in bad),
+                                type="dataset")
+        return None
+
+    # -- the run ------------------------------------------------------------------
+
+    def run(self) -> Iterator[dict]:
+        yield from self._plan()
+        annex = Annex(self.root)
+        self._classify(annex)
+        if self.options.dry_run:
+            yield from self._session_results(planned=True)
+            return
+        if any(w.new for w in self.work) or (
+                not self.options.no_content and any(w.present for w in self.work)):
+            ensure_remote(annex, self.options.server, self.options.credential)
+        self._register(annex)
+        if not self.options.no_content:
+            self._fetch(annex)
+        # a file enters the dataset only with verified content (or, with
+        # --no-content, a registration that worked): take out the rest
+        annex.discard([path for w in self.work for pf in w.new
+                       if (path := pf.path) in w.failed])
+        results = list(self._session_results(planned=False))
+        summary = _summary(self.work)
+        records = self._record()
+        if records:
+            records.append(".datalad/fmrif/.gitattributes")
+        files = [pf.path for w in self.work for pf in w.new if pf.path not in w.failed]
+        failure = self._commit(files, records, summary)
+        yield from results
+        if failure:
+            yield failure
+
+    def _session_results(self, planned: bool) -> Iterator[dict]:
+        for w in self.work:
+            s = w.session
+            where = common_dir([pf.path for pf in w.plan.files])
+            fields = dict(
+                type="session", xnat_session_id=s.id, xnat_subject_id=s.subject_id,
+                xnat_project=w.project, subject=w.plan.subject, session=w.plan.session,
+                files_new=len(w.new), files_present=len(w.present),
+                files_changed=len(w.changed), files_failed=len(w.failed),
+                files_excluded=len(w.plan.excluded),
+                bytes=sum(pf.size for pf in w.plan.files),
+            )
+            for path, why in sorted(w.failed.items()):
+                yield self._result("error", why, path=path, type="file",
+                                   xnat_session_id=s.id)
+            for path, md5 in sorted(w.changed.items()):
+                yield self._result(
+                    "impossible", f"changed on XNAT (now MD5 {md5}); the dataset "
+                    "keeps its version, see the session manifest", path=path,
+                    type="file", xnat_session_id=s.id)
+            verb = "would download" if planned else "downloaded"
+            counts = (f"{len(w.new)} new, {len(w.present)} already present, "
+                      f"{len(w.plan.excluded)} excluded")
+            if planned:
+                status = "ok"
+            elif w.failed:
+                status = "error"
+            elif w.new:
+                status = "ok"
+            else:
+                status = "notneeded"
+            yield self._result(status, f"session {s.id}: {verb} {counts}",
+                               path=where, **fields)
+
+
+def _summary(work: list[_SessionWork]) -> dict:
+    counts = {"new": 0, "present": 0, "changed": 0, "failed": 0, "excluded": 0}
+    sizes = {"new": 0, "present": 0}
+    for w in work:
+        new = [pf for pf in w.new if pf.path not in w.failed]
+        counts["new"] += len(new)
+        counts["present"] += len(w.present)
+        counts["changed"] += len(w.changed)
+        counts["failed"] += len(w.failed)
+        counts["excluded"] += len(w.plan.excluded)
+        sizes["new"] += sum(pf.size for pf in new)
+        sizes["present"] += sum(pf.size for pf in w.present)
+    return {"counts": counts, "bytes": sizes}
+
+
+def _errors(res: dict) -> str:
+    msgs = res.get("error-messages") or []
+    return "; ".join(m.strip() for m in msgs if m.strip())
+
+
+def command_line(argv: list[str]) -> str:
+    return shlex.join(argv)

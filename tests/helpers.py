@@ -1,0 +1,79 @@
+"""Helpers of the end-to-end tests: subject lists, results, git, the sandbox."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import datalad.api as dl
+
+PROJECT = "17-M-0181"
+
+
+def subjects_csv(tmp_path, rows, header=("Project", "Subject", "Pseudonym"),
+                 name="processing_data.csv") -> Path:
+    """A Processing Dashboard export: quoted, CRLF, no final newline."""
+    lines = [",".join(f'"{c}"' for c in header)]
+    lines += [",".join(f'"{c}"' for c in row) for row in rows]
+    path = tmp_path / name
+    path.write_bytes("\r\n".join(lines).encode())
+    return path
+
+
+def main_subjects(sb, n=2):
+    return [s for s in sb.study.subjects(PROJECT)][:n]
+
+
+def pseudonymous_list(tmp_path, sb, n=2):
+    subs = main_subjects(sb, n)
+    rows = [(PROJECT, s.label, f"P{i:02d}") for i, s in enumerate(subs, 1)]
+    return subjects_csv(tmp_path, rows), subs
+
+
+def download(ds, sb, subjects, **kw):
+    return dl.fmrif_download(
+        str(subjects), dataset=ds.path, server=sb.url,
+        result_renderer="disabled", on_failure="ignore", return_type="list", **kw)
+
+
+def by_status(results, type=None):
+    out = {}
+    for r in results:
+        if type and r.get("type") != type:
+            continue
+        out.setdefault(r["status"], []).append(r)
+    return out
+
+
+def git(ds, *args) -> str:
+    return subprocess.run(["git", *args], cwd=ds.path, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def annexed_files(ds) -> list[str]:
+    out = git(ds, "annex", "find", "--include", "*", "--json")
+    return sorted(json.loads(line)["file"] for line in out.splitlines() if line)
+
+
+def expected_files(sb, subjects, excluded=("REQUISITION", "SCREEN-SAVE", "SAVE")):
+    """(session ID, scan ID, name) of every DICOM the download should take."""
+    want = set()
+    for s in subjects:
+        for e in sb.study.sessions(s.id):
+            types = {sc.id: sc.type for sc in sb.study.scans(e.id)}
+            for f in sb.study.files(e.id):
+                if f.scan_id is not None and types[f.scan_id] not in excluded:
+                    want.add((e.id, f.scan_id, f.name))
+    return want
+
+
+def file_gets(sb):
+    return [r for r in sb.requests if r.method == "GET" and "/files/" in r.path]
+
+
+def manifests(ds) -> dict:
+    folder = ds.pathobj / ".datalad" / "fmrif" / "sessions"
+    return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+
+

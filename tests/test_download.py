@@ -1,0 +1,331 @@
+"""fmrif-download end to end: sandbox XNAT, real DataLad, git-annex, keyring."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import datalad.api as dl
+
+from datalad_fmrif.credentials import CredentialStore, default_credential_name
+from datalad_fmrif.sandbox import Sandbox, StudySpec
+from helpers import (
+    PROJECT,
+    annexed_files,
+    by_status,
+    download,
+    expected_files,
+    file_gets,
+    git,
+    main_subjects,
+    manifests,
+    pseudonymous_list,
+    subjects_csv,
+)
+
+
+# -- the main story -----------------------------------------------------------------
+
+
+def test_download_with_pseudonyms(tmp_path, sb, ds):
+    csv, subs = pseudonymous_list(tmp_path, sb)
+    sb.clear_requests()
+    res = download(ds, sb, csv)
+    sessions = by_status(res, "session")
+    assert not [r for r in res if r["status"] in ("error", "impossible")], res
+    n_sessions = sum(len(sb.study.sessions(s.id)) for s in subs)
+    assert len(sessions["ok"]) == n_sessions
+
+    # every expected file is there, with content equal to XNAT's
+    want = expected_files(sb, subs)
+    docs = manifests(ds)
+    got = {(m["session"]["id"], f["scan_id"], f["name"]): f["path"]
+           for m in docs.values() for f in m["files"]}
+    assert set(got) == want
+    for (eid, scan, name), path in got.items():
+        content = (ds.pathobj / path).read_bytes()
+        assert hashlib.md5(content).hexdigest() == sb.study.file(eid, scan, name).true_md5
+    assert annexed_files(ds) == sorted(got.values())
+    assert all(p.startswith(("sub-P01/ses-", "sub-P02/ses-")) for p in got.values())
+    assert not any("REQUISITION" in p or "SAVE" in p for p in got.values())
+
+    # sessions are numbered in acquisition order
+    first = sb.study.sessions(subs[0].id)
+    names = {m["session"]["id"]: m["session"]["name"] for m in docs.values()}
+    assert [names[e.id] for e in first] == [f"{i:02d}" for i in range(1, len(first) + 1)]
+
+    # clean, committed, with a run record that DataLad can parse
+    assert git(ds, "status", "--porcelain") == ""
+    from datalad.local.rerun import get_run_info
+
+    msg = git(ds, "log", "-1", "--format=%B")
+    _, record = get_run_info(ds, msg)
+    assert record["fmrif"]["server"] == sb.url
+    assert record["fmrif"]["counts"]["new"] == len(want)
+    assert record["fmrif"]["subject_list_sha256"] == hashlib.sha256(
+        csv.read_bytes()).hexdigest()
+    assert "fmrif-download" in record["cmd"]
+
+    # the requests: a bounded number of listings, nothing per file but content
+    catalog = [r for r in sb.requests
+               if r.path.startswith(("/data/projects", "/data/experiments"))
+               and "/files/" not in r.path]
+    # one subject listing for the project, one per subject, two per session
+    assert len(catalog) == 1 + len(subs) + 2 * n_sessions
+    logins = [r for r in sb.requests if r.path == "/data/services/auth"]
+    assert 1 <= len(logins) <= 1 + 4  # this process + at most -J remote processes
+    assert not [r for r in sb.requests if r.method == "HEAD"]
+    assert len(file_gets(sb)) == len(want)
+
+    # whereis shows the XNAT URL; metadata finds files by scan type
+    some = sorted(got.values())[0]
+    assert sb.url + "/data/experiments/" in git(ds, "annex", "whereis", some)
+    found = git(ds, "annex", "find", "--metadata", "xnat_scan_type=T1w_MPRAGE")
+    assert found and all("T1w_MPRAGE" in line for line in found.splitlines())
+
+
+def test_no_label_enters_the_dataset_under_pseudonyms(tmp_path, sb, ds):
+    csv, subs = pseudonymous_list(tmp_path, sb)
+    download(ds, sb, csv)
+    secrets = {s.label for s in subs}
+    for s in subs:
+        for e in sb.study.sessions(s.id):
+            secrets |= {e.label, e.date}
+    history = git(ds, "log", "-p", "--all", "--format=%B%n%H")
+    annex_branch = git(ds, "log", "-p", "git-annex")
+    tree = "\n".join(str(p) for p in ds.pathobj.rglob("*") if ".git" not in p.parts)
+    for text in (history, annex_branch, tree):
+        for secret in secrets:
+            assert secret not in text
+
+
+def test_rerun_fetches_nothing_and_new_session_is_picked_up(tmp_path, sb, ds):
+    csv, subs = pseudonymous_list(tmp_path, sb)
+    download(ds, sb, csv)
+    before = manifests(ds)
+    head = git(ds, "rev-parse", "HEAD")
+
+    sb.clear_requests()
+    res = download(ds, sb, csv)
+    assert {r["status"] for r in res if r.get("type") == "session"} == {"notneeded"}
+    assert file_gets(sb) == []
+    assert git(ds, "rev-parse", "HEAD") == head  # nothing new: no commit
+
+    added = sb.study.add_session(subs[0].id)
+    sb.clear_requests()
+    res = download(ds, sb, csv)
+    ok = by_status(res, "session")["ok"]
+    assert [r["xnat_session_id"] for r in ok] == [added.id]
+    after = manifests(ds)
+    for sid, doc in before.items():  # earlier names never change
+        assert after[sid]["session"]["name"] == doc["session"]["name"]
+        assert after[sid] == doc
+    n = len(sb.study.sessions(subs[0].id))
+    assert after[added.id]["session"]["name"] == f"{n:02d}"
+    assert len(file_gets(sb)) == len(expected_files(sb, subs)) - sum(
+        len(d["files"]) for d in before.values())
+
+
+def test_changed_digest_is_reported_not_replaced(tmp_path, sb, ds):
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    download(ds, sb, csv)
+    session = sb.study.sessions(subs[0].id)[0]
+    doc = manifests(ds)[session.id]
+    entry = next(f for f in doc["files"] if f["scan_id"])
+    key_before = os.readlink(ds.pathobj / entry["path"])
+    changed = sb.study.change_file(session.id, entry["scan_id"], entry["name"])
+
+    res = download(ds, sb, csv)
+    bad = [r for r in res if r["status"] == "impossible"]
+    assert len(bad) == 1 and bad[0]["path"].endswith(entry["path"])
+    assert "changed on XNAT" in bad[0]["message"]
+    assert os.readlink(ds.pathobj / entry["path"]) == key_before
+    new_doc = manifests(ds)[session.id]
+    new_entry = next(f for f in new_doc["files"] if f["path"] == entry["path"])
+    assert new_entry["md5"] == entry["md5"]
+    assert new_entry["server_md5"] == changed.md5
+
+
+def test_no_content_then_get_and_drop(tmp_path, sb, ds):
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    sb.clear_requests()
+    res = download(ds, sb, csv, no_content=True)
+    assert by_status(res, "session").keys() == {"ok"}
+    assert file_gets(sb) == []
+    files = annexed_files(ds)
+    assert files
+    assert git(ds, "annex", "find", "--in", "here") == ""
+    got = ds.get(files[0], result_renderer="disabled", return_type="list")
+    assert got[0]["status"] == "ok"
+    assert (ds.pathobj / files[0]).read_bytes()
+    dropped = ds.drop(files[0], result_renderer="disabled", return_type="list")
+    assert dropped[0]["status"] == "ok"
+    # a default run afterwards fetches all missing content
+    download(ds, sb, csv)
+    assert sorted(git(ds, "annex", "find", "--in", "here").split()) == files
+
+
+def test_clone_gets_with_env_credentials(tmp_path, sb, ds):
+    csv, _ = pseudonymous_list(tmp_path, sb, n=1)
+    download(ds, sb, csv, no_content=True)
+    clone = tmp_path / "clone"
+    dl.clone(ds.path, clone, result_renderer="disabled")
+    user_var, secret_var = (f"DATALAD_CREDENTIAL_{default_credential_name(sb.url).upper().replace('-', '__')}_{k}"
+                            for k in ("USER", "SECRET"))
+    env = dict(os.environ, **{user_var: sb.user, secret_var: sb.password},
+               PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring")
+    target = annexed_files(ds)[:3]
+    proc = subprocess.run(["datalad", "get", *target], cwd=clone, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for path in target:
+        key = os.path.basename(os.readlink(clone / path))
+        md5 = key.split("--")[1].split(".")[0]
+        assert hashlib.md5((clone / path).read_bytes()).hexdigest() == md5
+
+
+def test_clone_gets_with_keyring_credential(tmp_path, sb, ds):
+    csv, _ = pseudonymous_list(tmp_path, sb, n=1)
+    download(ds, sb, csv, no_content=True)
+    clone = dl.clone(ds.path, tmp_path / "clone", result_renderer="disabled")
+    target = annexed_files(ds)[0]
+    res = clone.get(target, result_renderer="disabled", return_type="list")
+    assert res[0]["status"] == "ok"
+    assert (clone.pathobj / target).stat().st_size > 0
+
+
+# -- choices and filters ---------------------------------------------------------------
+
+
+def test_labels_need_consent_and_nothing_happens(tmp_path, sb, ds):
+    subs = main_subjects(sb)
+    csv = subjects_csv(tmp_path, [(PROJECT, s.label) for s in subs],
+                       header=("Project", "Subject"))
+    head = git(ds, "rev-parse", "HEAD")
+    sb.clear_requests()
+    res = download(ds, sb, csv)
+    assert [r["status"] for r in res] == ["impossible"]
+    assert "--keep-labels" in res[0]["message"]
+    assert sb.requests == []
+    assert git(ds, "rev-parse", "HEAD") == head
+
+
+def test_keep_labels_uses_sanitised_labels(tmp_path, sb, ds):
+    jane = next(s for s in sb.study.subjects(PROJECT) if s.label == "DOE^JANE")
+    csv = subjects_csv(tmp_path, [(jane.label,)], header=("Subject",))
+    res = download(ds, sb, csv, project=PROJECT, keep_labels=True)
+    assert "ok" in by_status(res, "session")
+    session = sb.study.sessions(jane.id)[0]
+    assert (ds.pathobj / "sub-DOEJANE").is_dir()
+    doc = manifests(ds)[session.id]
+    assert doc["subject"]["label"] == "DOE^JANE"
+    assert doc["session"]["label"] == session.label
+
+
+def test_missing_subject_and_forbidden_project_among_good_ones(tmp_path, sb, ds):
+    good = main_subjects(sb, 1)[0]
+    other = sb.study.subjects("01-M-0192")[0]
+    csv = subjects_csv(tmp_path, [
+        (PROJECT, good.label, "P01"),
+        (PROJECT, "49999999", "P02"),
+        ("01-M-0192", other.label, "P03"),
+    ])
+    res = download(ds, sb, csv)
+    impossible = by_status(res)["impossible"]
+    assert len(impossible) == 2
+    assert any("line 3" in r["message"] and "not a subject" in r["message"]
+               for r in impossible)
+    assert any("line 4" in r["message"] and "may not read" in r["message"]
+               for r in impossible)
+    assert not any("49999999" in r["message"] or other.label in r["message"]
+                   for r in res)
+    assert by_status(res, "session")["ok"]
+
+
+def test_cli_exit_status_and_bad_list(tmp_path, sb, ds):
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"\x00\x01binary\x00")
+    sb.clear_requests()
+    proc = subprocess.run(
+        ["datalad", "fmrif-download", "-d", ds.path, "--server", sb.url,
+         "--keep-labels", "--project", PROJECT, str(bad)],
+        capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "text file" in proc.stdout + proc.stderr
+    assert sb.requests == []
+
+
+def test_dry_run_changes_nothing(tmp_path, sb, ds):
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    head = git(ds, "rev-parse", "HEAD")
+    sb.clear_requests()
+    res = download(ds, sb, csv, dry_run=True)
+    ok = by_status(res, "session")["ok"]
+    assert sum(r["files_new"] for r in ok) == len(expected_files(sb, subs))
+    assert all("would download" in r["message"] for r in ok)
+    assert file_gets(sb) == []
+    assert git(ds, "rev-parse", "HEAD") == head
+    assert git(ds, "status", "--porcelain") == ""
+
+
+def test_supplementary_and_series_filters(tmp_path, sb, ds):
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    download(ds, sb, csv, resource=["DICOM", "supplementary"],
+             include_series="T1w|rsfMRI")
+    paths = [f["path"] for m in manifests(ds).values() for f in m["files"]]
+    assert any(p.endswith(".1D") for p in paths)
+    dicoms = [p for p in paths if p.endswith(".dcm")]
+    assert dicoms and all("T1w" in p or "rsfMRI" in p for p in dicoms)
+
+
+def test_digest_mismatch_is_caught_and_nothing_bad_committed(tmp_path, sb, ds):
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    session = sb.study.sessions(subs[0].id)[0]
+    victim = next(f for f in sb.study.files(session.id)
+                  if f.scan_id and sb.study.scan(session.id, f.scan_id).type == "T1w_MPRAGE")
+    sb.study.set_digest(session.id, victim.scan_id, victim.name, "0" * 32)
+    res = download(ds, sb, csv)
+    errors = [r for r in res if r["status"] == "error" and r.get("type") == "file"]
+    assert len(errors) == 1
+    path = errors[0]["path"]
+    assert not os.path.lexists(path)  # not added: its content never verified
+    assert victim.name not in json.dumps(manifests(ds))
+    assert len(annexed_files(ds)) == len(expected_files(sb, subs)) - 1
+    fsck = subprocess.run(["git", "annex", "fsck", "--fast"], cwd=ds.path,
+                          capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert git(ds, "status", "--porcelain") == ""
+
+
+def test_interrupted_run_is_repaired(tmp_path, secret_service, state_dir):
+    spec = StudySpec(seed=2, subjects=2, files_per_scan=20, file_size=4096)
+    with Sandbox(spec, latency=0.01) as sb:
+        name = default_credential_name(sb.url)
+        CredentialStore().set(name, sb.user, sb.password, realm=sb.url)
+        ds = dl.create(tmp_path / "study", result_renderer="disabled")
+        csv, subs = pseudonymous_list(tmp_path, sb, n=2)
+        argv = [sys.executable, "-m", "datalad", "fmrif-download", "-d", ds.path,
+                "--server", sb.url, "-J", "2", str(csv)]
+        for sig in (signal.SIGINT, signal.SIGKILL):
+            sb.clear_requests()
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+            deadline = time.time() + 60
+            while len(file_gets(sb)) < 10 and time.time() < deadline:
+                time.sleep(0.05)
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=60)
+        res = download(ds, sb, csv)
+        assert not [r for r in res if r["status"] in ("error", "impossible")], res
+        want = expected_files(sb, subs)
+        assert len(annexed_files(ds)) == len(want)
+        assert sorted(git(ds, "annex", "find", "--in", "here").split()) == annexed_files(ds)
+        fsck = subprocess.run(["git", "annex", "fsck"], cwd=ds.path,
+                              capture_output=True, text=True)
+        assert fsck.returncode == 0, fsck.stdout[-2000:]
+        assert git(ds, "status", "--porcelain") == ""
