@@ -9,6 +9,7 @@ command_suite = (
         ("datalad_fmrif.commands.login", "FmrifLogin", "fmrif-login", "fmrif_login"),
         ("datalad_fmrif.commands.download", "FmrifDownload", "fmrif-download",
          "fmrif_download"),
+        ("datalad_fmrif.commands.list", "FmrifList", "fmrif-list", "fmrif_list"),
         ("datalad_fmrif.commands.status", "FmrifStatus", "fmrif-status",
          "fmrif_status"),
     ],
