@@ -1,0 +1,136 @@
+"""The whole FMRIF story on the sandbox XNAT: ``make demo``.
+
+Starts the sandbox, points DataLad at it (``datalad.fmrif.server`` in the
+user's git config, so every command reads exactly as it would at FMRIF), and
+runs the steps a researcher takes, printing each command and its output.
+``--transcript DIR`` also writes every step to ``DIR/NN-name.txt``: the docs
+build includes those, so the tutorial always shows real output.
+
+Run it in a scratch HOME (``make demo`` does): it stores a credential in the
+keyring and writes the user's git config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+from .server import Sandbox
+from .study import StudySpec
+
+PROJECT = "17-M-0181"
+
+
+def steps() -> list[tuple[str, str, str]]:
+    """(name, explanation, shell command) of each step, run in the work dir."""
+    first = "sub-P01/ses-01"
+    return [
+        ("old-credentials",
+         "The tutorial this replaces kept the NIH password in ~/.xnat:",
+         "cat ~/.xnat | sed 's/password: .*/password: ********/'"),
+        ("login",
+         "Move it into the OS keyring (checked with one login request first):",
+         "datalad fmrif-login --import ~/.xnat --remove-imported"),
+        ("credentials", "It is a DataLad credential now; the file is gone:",
+         "datalad credentials | grep -v legacy-credential; "
+         "ls ~/.xnat 2>&1 || true"),
+        ("list", "The subject list, as the Processing Dashboard's Download CSV "
+         "gives it (or from fmrif-list):",
+         f"datalad fmrif-list {PROJECT} -o processing_data.csv && "
+         "cat processing_data.csv; echo"),
+        ("pseudonyms", "Pseudonyms, kept outside the dataset: labels are MRNs "
+         "and names.",
+         "cat pseudonyms.csv"),
+        ("create", "A dataset for the study:", "datalad create study"),
+        ("download", "Download (a dry run first would show the plan):",
+         "cd study && datalad fmrif-download --pseudonyms ../pseudonyms.csv "
+         "../processing_data.csv"),
+        ("tree", "What arrived (REQUISITION/SCREEN-SAVE/SAVE series are left "
+         "out by default):",
+         f"cd study && find {first} -maxdepth 1 | sort && "
+         f"ls {first}/*T1w* | head -3"),
+        ("log", "Two commits: the files, then the manifests with a run record:",
+         "cd study && git log --format='%h %s' -3"),
+        ("whereis", "Every file knows its XNAT URL and its metadata:",
+         f"cd study && f=$(ls {first}/*T1w*/* | head -1) && "
+         "git annex whereis \"$f\" && git annex metadata \"$f\""),
+        ("drop-get", "Drop content and get it back through the fmrif special "
+         "remote:",
+         f"cd study && datalad drop {first} && datalad get {first}"),
+        ("clone", "A clone fetches from XNAT with no set-up (the fmrif remote "
+         "is enabled automatically):",
+         f"datalad clone study clone && cd clone && "
+         f"datalad get --source fmrif {first}/*T1w*"),
+        ("status", "Later: is the dataset still what XNAT holds?",
+         "cd study && datalad fmrif-status"),
+        ("again", "A second run fetches only what is new:",
+         "cd study && datalad fmrif-download --pseudonyms ../pseudonyms.csv "
+         "../processing_data.csv"),
+    ]
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m datalad_fmrif.sandbox.demo")
+    parser.add_argument("--workdir", help="where to work (default: a temp dir)")
+    parser.add_argument("--transcript", help="write each step to DIR/NN-name.txt")
+    args = parser.parse_args(argv)
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="fmrif-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    transcript = Path(args.transcript) if args.transcript else None
+    if transcript:
+        transcript.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
+
+    with Sandbox(StudySpec(subjects=3, files_per_scan=4, file_size=16384)) as sb:
+        home = Path(env.get("HOME", "~")).expanduser()
+        subprocess.run(["git", "config", "--global", "datalad.fmrif.server", sb.url],
+                       check=True, env=env)
+        for key, value in (("user.name", "FMRIF Demo"),
+                           ("user.email", "demo@example.invalid")):
+            if subprocess.run(["git", "config", "--global", key], env=env,
+                              capture_output=True).returncode:
+                subprocess.run(["git", "config", "--global", key, value], env=env)
+        xnat_file = home / ".xnat"
+        fd = os.open(xnat_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"username: {sb.user}\npassword: {sb.password}\n")
+        labels = [s.label for s in sb.study.subjects(PROJECT)]
+        (work / "pseudonyms.csv").write_text(
+            "Subject,Pseudonym\n" + "".join(
+                f"{label},P{i:02d}\n" for i, label in enumerate(labels, 1)))
+
+        print(f"Sandbox XNAT at {sb.url} (synthetic data; user {sb.user!r})")
+        print(f"Working in {work}\n")
+        for n, (name, text, command) in enumerate(steps(), 1):
+            print(textwrap.fill(f"# {text}", 78, subsequent_indent="# "))
+            shown = command.replace(" | sed 's/password: .*/password: ********/'", "")
+            print(f"$ {shown}")
+            proc = subprocess.run(["bash", "-c", command], cwd=work, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)
+            output = (proc.stdout.replace(str(work) + "/", "")
+                      .replace(str(work), ".").replace(str(home), "~"))
+            print(output.rstrip() + "\n")
+            if transcript:
+                (transcript / f"{n:02d}-{name}.txt").write_text(
+                    f"$ {shown}\n{output.rstrip()}\n")
+            if proc.returncode:
+                print(f"demo step {name!r} failed (exit {proc.returncode})",
+                      file=sys.stderr)
+                return 1
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    print("Demo complete.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
