@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ..credentials import (
     Credential,
     CredentialError,
@@ -26,3 +28,25 @@ def xnat_session(cfg, server: str | None, credential: str | None) -> XnatSession
             f"no credential {name!r} for {server_url}: run "
             f"'datalad fmrif-login --server {server_url}' first")
     return XnatSession(server_url, cred, verify=resolve_verify(cfg))
+
+
+def command_config(dataset):
+    """The dataset's configuration (given, or at the current directory), else
+    the user's; re-read if another configuration manager in this process
+    changed the files since (a credential stored with another dataset)."""
+    from datalad import cfg
+    from datalad.utils import get_dataset_root
+
+    if dataset is not None:
+        cfg = dataset.ds.config
+    else:
+        try:
+            root = get_dataset_root(os.getcwd())
+        except OSError:
+            root = None
+        if root:
+            from datalad_next.datasets import Dataset
+
+            cfg = Dataset(root).config
+    cfg.reload()
+    return cfg

@@ -38,15 +38,11 @@ from datalad_next.constraints import (
 
 from ..credentials import (
     CredentialError,
-    CredentialStore,
-    resolve_credential_name,
-    resolve_server,
-    resolve_verify,
 )
 from ..xnat.catalog import project_sessions, project_subjects, session_files
 from ..xnat.errors import AccessDenied, NotFound, XnatError
 from ..xnat.session import XnatSession
-from .login import _config
+from ._common import command_config, xnat_session
 
 lgr = logging.getLogger("datalad.fmrif.commands.list")
 
@@ -315,23 +311,16 @@ class FmrifList(ValidatedInterface):
                 yield failed(f"{output} exists; it is not overwritten. Remove "
                              "it or choose another file", path=output)
                 return
-        cfg = _config(dataset)
         try:
-            server_url = resolve_server(server, cfg)
-            name = resolve_credential_name(credential, server_url, cfg)
-            cred = CredentialStore(cfg).get(name)
+            xnat = xnat_session(command_config(dataset), server, credential)
         except CredentialError as e:
             yield failed(str(e))
             return
-        if cred is None:
-            yield failed(f"no credential {name!r} for {server_url}: run "
-                         f"'datalad fmrif-login --server {server_url}' first",
-                         server=server_url)
-            return
+        server_url = xnat.server
 
         listing = list_sessions if sessions else list_subjects
         try:
-            with XnatSession(server_url, cred, verify=resolve_verify(cfg)) as xnat:
+            with xnat:
                 rows = listing(xnat, project, since, until)
         except NotFound:
             yield failed(f"XNAT at {server_url} has no project {project} (404), "

@@ -54,6 +54,7 @@ from ..credentials import (
 )
 from ..xnat.errors import CredentialRejected, XnatError
 from ..xnat.session import XnatSession
+from ._common import command_config
 
 lgr = logging.getLogger("datalad.fmrif.login")
 
@@ -232,7 +233,7 @@ class FmrifLogin(ValidatedInterface):
     def __call__(*, dataset=None, server=None, user=None, credential=None,
                  import_file=None, remove_imported=False, token=False,
                  check=False, forget=False):
-        cfg = _config(dataset)
+        cfg = command_config(dataset)
         try:
             server = resolve_server(server, cfg)
             name = resolve_credential_name(credential, server, cfg)
@@ -261,28 +262,6 @@ class FmrifLogin(ValidatedInterface):
                                     remove=remove_imported)
         else:
             yield login.prompt(user)
-
-
-def _config(dataset):
-    """The dataset's configuration (given, or at the current directory), else
-    the user's; re-read if another configuration manager in this process
-    changed the files since (a credential stored with another dataset)."""
-    from datalad import cfg
-    from datalad.utils import get_dataset_root
-
-    if dataset is not None:
-        cfg = dataset.ds.config
-    else:
-        try:
-            root = get_dataset_root(os.getcwd())
-        except OSError:
-            root = None
-        if root:
-            from datalad_next.datasets import Dataset
-
-            cfg = Dataset(root).config
-    cfg.reload()
-    return cfg
 
 
 class _Refused(Exception):
