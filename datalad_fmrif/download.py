@@ -152,7 +152,12 @@ class Download:
                 "error", f"{self._line(req)} would get the dataset name "
                 f"sub-{name}, which another subject of this run has", type="subject")
             return
-        every = subject_sessions(self.xnat, subject)
+        try:
+            every = subject_sessions(self.xnat, subject)
+        except (AccessDenied, NotFound) as e:
+            yield self._result("impossible", f"{self._line(req)}: {e}",
+                               type="subject")
+            return
         # names given on earlier runs never change
         earlier = {s.id: self.assigned[s.id] for s in every if s.id in self.assigned}
         for sid, (subj, _) in earlier.items():

@@ -24,6 +24,7 @@ from datalad_next.constraints import (
     EnsureStr,
 )
 
+from ..annex import AnnexError
 from ..credentials import CredentialError
 from ..download import ACTION, Download, DownloadOptions
 from ..plan import DEFAULT_EXCLUDE_SERIES, DEFAULT_TEMPLATE, PlanError, PlanOptions
@@ -246,7 +247,7 @@ class FmrifDownload(ValidatedInterface):
         try:
             with xnat:
                 yield from Download(ds, subject_list, opts, xnat).run()
-        except (XnatError, RemoteSetupError) as e:
+        except (XnatError, RemoteSetupError, AnnexError) as e:
             yield failed(str(e), status="error")
 
     @staticmethod
