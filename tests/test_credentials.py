@@ -4,7 +4,7 @@ the environment override and the rejection memory. No network."""
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -131,7 +131,7 @@ def test_credential_repr_hides_the_secret():
 
 
 def test_token_and_expiry():
-    now = datetime.now(UTC)
+    now = datetime.now(timezone.utc)
     past = Credential("x-token", TOKEN_ALIAS, "s", "keyring",
                       (now - timedelta(minutes=1)).isoformat())
     future = Credential("x-token", TOKEN_ALIAS, "s", "keyring",
@@ -220,7 +220,7 @@ def test_rejections_remember_a_fingerprint_only(state_dir):
 
 
 def test_expired_check_uses_the_clock():
-    soon = datetime.now(UTC) + timedelta(seconds=60)
+    soon = datetime.now(timezone.utc) + timedelta(seconds=60)
     cred = Credential("x-token", TOKEN_ALIAS, "s", "keyring", soon.isoformat())
     assert not cred.expired()
     assert cred.expired(now=time.time() + 120)

@@ -435,7 +435,7 @@ def self_signed(tmp_path):
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -543,7 +543,7 @@ def test_expired_token_is_not_tried(secret_service, sandbox, state_dir,
                  user=sandbox.user)["status"] == "ok"
     reload_config()
     assert fmrif_login(server=sandbox.url, token=True)[0]["status"] == "ok"
-    past = (datetime.datetime.now(datetime.UTC)
+    past = (datetime.datetime.now(datetime.timezone.utc)
             - datetime.timedelta(hours=1)).isoformat(timespec="seconds")
     subprocess.run(["git", "config", "--global",
                     f"datalad.credential.{token_name}.expires", past], check=True)
