@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import datalad.api as dl
 
@@ -303,23 +304,26 @@ def test_digest_mismatch_is_caught_and_nothing_bad_committed(tmp_path, sb, ds):
 
 
 def test_interrupted_run_is_repaired(tmp_path, secret_service, state_dir):
-    spec = StudySpec(seed=2, subjects=2, files_per_scan=20, file_size=4096)
+    spec = StudySpec(seed=2, subjects=2, files_per_scan=8, file_size=4096)
     with Sandbox(spec, latency=0.01) as sb:
         name = default_credential_name(sb.url)
         CredentialStore().set(name, sb.user, sb.password, realm=sb.url)
         ds = dl.create(tmp_path / "study", result_renderer="disabled")
         csv, subs = pseudonymous_list(tmp_path, sb, n=2)
-        argv = [sys.executable, "-m", "datalad", "fmrif-download", "-d", ds.path,
+        datalad = str(Path(sys.executable).with_name("datalad"))
+        argv = [datalad, "fmrif-download", "-d", ds.path,
                 "--server", sb.url, "-J", "2", str(csv)]
         for sig in (signal.SIGINT, signal.SIGKILL):
             sb.clear_requests()
             proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, start_new_session=True)
             deadline = time.time() + 60
-            while len(file_gets(sb)) < 10 and time.time() < deadline:
+            while (len(file_gets(sb)) < 10 and time.time() < deadline
+                   and proc.poll() is None):
                 time.sleep(0.05)
+            assert proc.poll() is None, "the download ended before it was killed"
             os.killpg(proc.pid, sig)
-            proc.wait(timeout=60)
+            assert proc.wait(timeout=60) != 0
         res = download(ds, sb, csv)
         assert not [r for r in res if r["status"] in ("error", "impossible")], res
         want = expected_files(sb, subs)
