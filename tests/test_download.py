@@ -284,6 +284,25 @@ def test_supplementary_and_series_filters(tmp_path, sb, ds):
     assert dicoms and all("T1w" in p or "rsfMRI" in p for p in dicoms)
 
 
+def test_collision_is_an_error_before_writing(tmp_path, sb, ds):
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    first, *others = sb.study.sessions(subs[0].id)
+    scans = [s for s in sb.study.scans(first.id) if s.type == "rsfMRI (AP) 2.5mm"]
+    a, b = (sb.study.scan_files(first.id, s.id)[0] for s in scans[:2])
+    sb.study.rename_file(first.id, b.scan_id, b.name, a.name)
+    head = git(ds, "rev-parse", "HEAD")
+    # both scans have the same series description: one folder, one name
+    res = download(ds, sb, csv, path="sub-{subject}/ses-{session}/{series_description}/{file}")
+    bad = [r for r in res if r.get("xnat_session_id") == first.id]
+    assert [r["status"] for r in bad] == ["error"]
+    assert "planned to" in bad[0]["message"]
+    assert not (ds.pathobj / "sub-P01" / "ses-01").exists()
+    # the other sessions of the subject went on
+    done = by_status(res, "session").get("ok", [])
+    assert sorted(r["xnat_session_id"] for r in done) == sorted(s.id for s in others)
+    assert git(ds, "rev-parse", "HEAD") != head or not others
+
+
 def test_digest_mismatch_is_caught_and_nothing_bad_committed(tmp_path, sb, ds):
     csv, subs = pseudonymous_list(tmp_path, sb, n=1)
     session = sb.study.sessions(subs[0].id)[0]

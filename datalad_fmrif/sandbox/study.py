@@ -207,6 +207,7 @@ class Study:
         self._deleted_scans: set[tuple[str, str]] = set()
         self._file_versions: dict[tuple, int] = {}
         self._digest_overrides: dict[tuple, str] = {}
+        self._renamed: dict[tuple, str] = {}  # (session ID, scan ID, index) -> name
         # caches
         self._content_cache = dicom.ByteLRU(64 * 1024 * 1024)
         self._md5_cache = dicom.BoundedDict(500_000)
@@ -395,6 +396,7 @@ class Study:
                 name = f"MR.{dicom.uid(self.seed, session.number, scan.id, i).rsplit('.', 1)[1]}.dcm"
             else:
                 name = dicom.uid(self.seed, "file", session.number, scan.id, i) + ".dcm"
+            name = self._renamed.get((session.id, scan.id, i), name)
             files.append(File(self, session.id, scan.id, resource.label, resource.id, name,
                               self.spec.file_size if session.project == MAIN_PROJECT else 4096,
                               ("dicom", session.number, scan.id, i)))
@@ -518,6 +520,15 @@ class Study:
         if scan_id is None:
             f.size = len(f.content())
         return f
+
+    def rename_file(self, session_id: str, scan_id: str, name: str, new_name: str) -> None:
+        """Serve a scan's file under another name (same content) from now on,
+        e.g. to give two scans files of the same name."""
+        f = self.file(session_id, scan_id, name)
+        if f is None or f._key[0] != "dicom":
+            raise KeyError((session_id, scan_id, name))
+        with self._lock:
+            self._renamed[(session_id, scan_id, f._key[3])] = new_name
 
     def set_digest(self, session_id: str, scan_id: Optional[str], name: str, value: Optional[str]) -> None:
         """Make listings report ``value`` as the digest (None: the true MD5 again)."""
