@@ -352,3 +352,30 @@ def test_interrupted_run_is_repaired(tmp_path, secret_service, state_dir):
                               capture_output=True, text=True)
         assert fsck.returncode == 0, fsck.stdout[-2000:]
         assert git(ds, "status", "--porcelain") == ""
+
+
+def test_pseudonym_file_session_column_and_stdin(tmp_path, sb, ds):
+    subs = main_subjects(sb, 2)
+    sessions = sb.study.sessions(subs[0].id)
+    wanted = sessions[-1]
+    mapping = tmp_path / "pseudonyms.csv"
+    mapping.write_text("Subject,Pseudonym\n" + "".join(
+        f"{s.label},S{i}\n" for i, s in enumerate(subs, 1)))
+    listing = f"Subject;Session\r\n{subs[0].label};{wanted.label}\r\n{subs[1].label};\r\n"
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("datalad")), "-f", "json",
+         "fmrif-download", "-d", ds.path, "--server", sb.url, "--project", PROJECT,
+         "--pseudonyms", str(mapping), "-"],
+        input=listing.encode(), capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    docs = manifests(ds)
+    # only the named session of the first subject, all of the second
+    firsts = [m for m in docs.values() if m["subject"]["id"] == subs[0].id]
+    assert [m["session"]["id"] for m in firsts] == [wanted.id]
+    # its name is its number in acquisition order among ALL the subject's sessions
+    assert firsts[0]["session"]["name"] == f"{len(sessions):02d}"
+    seconds = {m["session"]["id"] for m in docs.values() if m["subject"]["id"] == subs[1].id}
+    assert seconds == {s.id for s in sb.study.sessions(subs[1].id)}
+    assert {m["subject"]["name"] for m in docs.values()} == {"S1", "S2"}
+    records = [json.loads(line) for line in proc.stdout.decode().splitlines() if line]
+    assert {r["status"] for r in records} == {"ok"}
