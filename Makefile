@@ -21,8 +21,9 @@ secret-service:
 	@tools/ensure-secret-service
 
 # The tests run in a scratch HOME (DataLad writes credential properties to the
-# global git config) and a private, unlocked gnome-keyring.
-test: venv secret-service
+# global git config) and a private, unlocked gnome-keyring. They build the
+# documentation first, so that CI keeps it honest.
+test: venv secret-service docs
 	@home=$$(mktemp -d) && \
 	  HOME=$$home tools/with-keyring $(PY) -m pytest $(PYTEST_ARGS); \
 	  rc=$$?; rm -rf $$home; exit $$rc
@@ -31,6 +32,24 @@ demo: venv secret-service
 	@home=$$(mktemp -d) && \
 	  HOME=$$home tools/with-keyring $(PY) -m datalad_fmrif.sandbox.demo; \
 	  rc=$$?; rm -rf $$home; exit $$rc
+
+# The documentation site. docs/transcripts.py runs every command the pages
+# show against the sandbox XNAT (in a scratch HOME with a private keyring, like
+# the demo) and writes what they print; it runs again whenever the package or
+# the script changed. Then Sphinx builds the site, warnings as errors.
+DOCS_BUILD  := docs/_build
+TRANSCRIPTS := $(DOCS_BUILD)/transcripts
+
+$(TRANSCRIPTS)/.done: $(VENV)/.installed docs/transcripts.py \
+		$(shell find datalad_fmrif -name '*.py') | secret-service
+	@home=$$(mktemp -d) && \
+	  HOME=$$home tools/with-keyring $(PY) docs/transcripts.py $(TRANSCRIPTS); \
+	  rc=$$?; rm -rf $$home; exit $$rc
+	@touch $@
+
+docs: venv $(TRANSCRIPTS)/.done
+	$(PY) -m sphinx -W --keep-going -E -q -b html docs $(DOCS_BUILD)/html
+	@echo "The documentation is in $(DOCS_BUILD)/html/index.html"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -118,11 +118,11 @@ class FmrifDownload(ValidatedInterface):
         path=Parameter(
             args=("--path",),
             metavar="TEMPLATE",
-            doc=f"""where files go in the dataset. Fields: {{subject}},
-            {{session}} (names in the dataset), {{subject_id}}, {{session_id}}
-            (XNAT accession IDs), {{project}}, {{scan}}, {{scan_type}},
-            {{series_description}}, {{resource}}, {{resource_id}}, {{file}}.
-            Default: '{DEFAULT_TEMPLATE}'"""),
+            doc="""where files go in the dataset. Fields: {subject},
+            {session} (names in the dataset), {subject_id}, {session_id}
+            (XNAT accession IDs), {project}, {scan}, {scan_type},
+            {series_description}, {resource}, {resource_id}, {file}.
+            The default makes the layout that heudiconv reads."""),
         pseudonyms=Parameter(
             args=("--pseudonyms",),
             metavar="FILE",
@@ -143,10 +143,9 @@ class FmrifDownload(ValidatedInterface):
         exclude_series=Parameter(
             args=("--exclude-series",),
             metavar="REGEX",
-            doc=f"""leave out scans whose series description or type matches
+            doc="""leave out scans whose series description or type matches
             (case-insensitive). Giving it replaces the default, which leaves
-            out series with burned-in identifying text: '{DEFAULT_EXCLUDE_SERIES}'
-            """),
+            out series with burned-in identifying text."""),
         resource=Parameter(
             args=("--resource",),
             action="append",
@@ -162,8 +161,8 @@ class FmrifDownload(ValidatedInterface):
         jobs=Parameter(
             args=("-J", "--jobs"),
             metavar="N",
-            doc="""parallel transfers (1-32). Default: 4, to be polite to the
-            server."""),
+            doc="""parallel transfers (1-32); the default is low to be polite
+            to the server."""),
         dry_run=Parameter(
             args=("--dry-run",),
             action="store_true",
