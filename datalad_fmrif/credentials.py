@@ -18,7 +18,6 @@ workers and special-remote processes never race each other into a lockout.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import hmac
 import json
@@ -157,6 +156,8 @@ def keyring_problem() -> str | None:
         chosen = backend.backends[0] if backend.backends else fail.Keyring()
     if isinstance(chosen, fail.Keyring):
         return "no keyring backend is available (keyring reports fail.Keyring)"
+    if type(chosen).__module__ == "keyring.backends.null":
+        return "the keyring is disabled (keyring's null backend stores nothing)"
     module = type(chosen).__module__
     explicit = bool(os.environ.get("PYTHON_KEYRING_BACKEND")) or _keyringrc_exists()
     if module.startswith("keyrings.alt.file") and "Plaintext" in type(chosen).__name__:
@@ -248,6 +249,26 @@ class CredentialStore:
 # -- lockout safety -------------------------------------------------------------
 
 
+if os.name == "nt":  # pragma: no cover - no Windows CI here
+    import msvcrt
+
+    def _lock_file(fh) -> None:
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
+
+    def _unlock_file(fh) -> None:
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+else:
+    import fcntl
+
+    def _lock_file(fh) -> None:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+
+    def _unlock_file(fh) -> None:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(
         os.path.expanduser("~"), ".local", "state"
@@ -278,12 +299,12 @@ class Rejections:
     def login_lock(self, name: str):
         """Serialise logins with one credential across processes."""
         lock = self._file(name).with_suffix(".lock")
-        with open(lock, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        with open(lock, "a+") as fh:
+            _lock_file(fh)
             try:
                 yield
             finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                _unlock_file(fh)
 
     def rejected_at(self, cred: Credential) -> str | None:
         """When this very secret was rejected, or None."""

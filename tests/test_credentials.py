@@ -224,3 +224,19 @@ def test_expired_check_uses_the_clock():
     cred = Credential("x-token", TOKEN_ALIAS, "s", "keyring", soon.isoformat())
     assert not cred.expired()
     assert cred.expired(now=time.time() + 120)
+
+
+def test_null_keyring_is_refused():
+    """keyring --disable selects the null backend, which stores nothing."""
+    import keyring
+    from keyring.backends import null
+
+    from datalad_fmrif.credentials import keyring_problem
+
+    before = keyring.get_keyring()
+    keyring.set_keyring(null.Keyring())
+    try:
+        assert "disabled" in keyring_problem()
+    finally:
+        keyring.set_keyring(before)
+    assert keyring_problem() is None or "disabled" not in keyring_problem()
