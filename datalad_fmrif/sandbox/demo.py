@@ -3,8 +3,7 @@
 Starts the sandbox, points DataLad at it (``datalad.fmrif.server`` in the
 user's git config, so every command reads exactly as it would at FMRIF), and
 runs the steps a researcher takes, printing each command and its output.
-``--transcript DIR`` also writes every step to ``DIR/NN-name.txt``: the docs
-build includes those, so the tutorial always shows real output.
+(The documentation's tutorial is made the same way, by docs/transcripts.py.)
 
 Run it in a scratch HOME (``make demo`` does): it stores a credential in the
 keyring and writes the user's git config.
@@ -78,14 +77,10 @@ def steps() -> list[tuple[str, str, str]]:
 def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m datalad_fmrif.sandbox.demo")
     parser.add_argument("--workdir", help="where to work (default: a temp dir)")
-    parser.add_argument("--transcript", help="write each step to DIR/NN-name.txt")
     args = parser.parse_args(argv)
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fmrif-demo-"))
     work.mkdir(parents=True, exist_ok=True)
-    transcript = Path(args.transcript) if args.transcript else None
-    if transcript:
-        transcript.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
 
@@ -109,7 +104,7 @@ def run(argv: list[str] | None = None) -> int:
 
         print(f"Sandbox XNAT at {sb.url} (synthetic data; user {sb.user!r})")
         print(f"Working in {work}\n")
-        for n, (name, text, command) in enumerate(steps(), 1):
+        for name, text, command in steps():
             print(textwrap.fill(f"# {text}", 78, subsequent_indent="# "))
             shown = command.replace(" | sed 's/password: .*/password: ********/'", "")
             print(f"$ {shown}")
@@ -119,9 +114,6 @@ def run(argv: list[str] | None = None) -> int:
             output = (proc.stdout.replace(str(work) + "/", "")
                       .replace(str(work), ".").replace(str(home), "~"))
             print(output.rstrip() + "\n")
-            if transcript:
-                (transcript / f"{n:02d}-{name}.txt").write_text(
-                    f"$ {shown}\n{output.rstrip()}\n")
             if proc.returncode:
                 print(f"demo step {name!r} failed (exit {proc.returncode})",
                       file=sys.stderr)
