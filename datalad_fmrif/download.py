@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,16 @@ from typing import Iterator
 
 from . import __version__
 from .annex import Annex
-from .plan import PlanOptions, SessionPlan, name_sessions, plan_session, sanitize_label
+from .plan import (
+    PlanError,
+    PlanOptions,
+    SessionPlan,
+    name_sessions,
+    plan_session,
+    sanitize_label,
+)
 from .provenance import (
+    MANIFEST_DIR,
     assigned_names,
     common_dir,
     load_manifests,
@@ -40,7 +49,7 @@ from .provenance import (
 from .remote_setup import ensure_remote
 from .subjects import SubjectList, SubjectRequest
 from .xnat.catalog import project_subjects, session_catalog, subject_sessions
-from .xnat.errors import AccessDenied, NotFound
+from .xnat.errors import AccessDenied, BadResponse, NotFound, TransientError
 from .xnat.records import Session, Subject
 from .xnat.session import XnatSession
 
@@ -146,7 +155,11 @@ class Download:
 
     def _plan_subject(self, req: SubjectRequest, subject: Subject, project: str,
                       names_in_use: dict) -> Iterator[dict]:
-        name = req.pseudonym if req.pseudonym else sanitize_label(req.label)
+        try:
+            name = req.pseudonym if req.pseudonym else sanitize_label(req.label)
+        except PlanError as e:  # a label of XNAT's without a letter or digit
+            yield self._result("error", f"{self._line(req)}: {e}", type="subject")
+            return
         if names_in_use.setdefault(name, subject.id) != subject.id:
             yield self._result(
                 "error", f"{self._line(req)} would get the dataset name "
@@ -158,6 +171,11 @@ class Download:
             yield self._result("impossible", f"{self._line(req)}: {e}",
                                type="subject")
             return
+        except (TransientError, BadResponse) as e:
+            # this subject's failure; the others go on (an unreachable
+            # server, a TLS or login problem still ends the run)
+            yield self._result("error", f"{self._line(req)}: {e}", type="subject")
+            return
         # names given on earlier runs never change
         earlier = {s.id: self.assigned[s.id] for s in every if s.id in self.assigned}
         for sid, (subj, _) in earlier.items():
@@ -167,13 +185,17 @@ class Download:
                     f"dataset as sub-{subj}, not sub-{name}; check the pseudonyms",
                     type="session")
                 return
-        if self.options.keep_labels:
-            session_names = {s.id: earlier.get(s.id, (name, sanitize_label(s.label)))[1]
-                             for s in every}
-        else:
-            # numbered in acquisition order among ALL sessions of the subject
-            session_names = name_sessions(
-                every, {sid: ses for sid, (_, ses) in earlier.items()})
+        try:
+            if self.options.keep_labels:
+                session_names = {s.id: earlier.get(s.id, (name, sanitize_label(s.label)))[1]
+                                 for s in every}
+            else:
+                # numbered in acquisition order among ALL sessions of the subject
+                session_names = name_sessions(
+                    every, {sid: ses for sid, (_, ses) in earlier.items()})
+        except PlanError as e:  # e.g. a session label of XNAT's that names nothing
+            yield self._result("error", f"{self._line(req)}: {e}", type="subject")
+            return
         if len(set(session_names.values())) != len(session_names):
             yield self._result("error", f"{self._line(req)}: two sessions get the "
                                "same name in the dataset", type="subject")
@@ -197,6 +219,10 @@ class Download:
                 catalog = session_catalog(self.xnat, session, resources)
             except (AccessDenied, NotFound) as e:
                 yield self._result("impossible", str(e), type="session",
+                                   xnat_session_id=session.id)
+                continue
+            except (TransientError, BadResponse) as e:
+                yield self._result("error", str(e), type="session",
                                    xnat_session_id=session.id)
                 continue
             plan = plan_session(catalog, subject=name, session=session_names[session.id],
@@ -389,6 +415,12 @@ class Download:
                 not self.options.no_content and any(w.present for w in self.work)):
             ensure_remote(annex, self.options.server, self.options.credential)
         self._register(annex)
+        # what an interrupted run registered but did not commit is finished
+        # (or, without its content, taken out again) like a new file
+        unsaved = _unsaved(self.root)
+        for w in self.work:
+            w.new += [pf for pf in w.present if pf.path in unsaved]
+            w.present = [pf for pf in w.present if pf.path not in unsaved]
         if not self.options.no_content:
             self._fetch(annex)
         # a file enters the dataset only with verified content (or, with
@@ -398,6 +430,8 @@ class Download:
         results = list(self._session_results(planned=False))
         summary = _summary(self.work)
         records = self._record()
+        records += sorted(p for p in unsaved
+                          if p.startswith(MANIFEST_DIR + "/") and p not in records)
         if records:
             records.append(".datalad/fmrif/.gitattributes")
         files = [pf.path for w in self.work for pf in w.new if pf.path not in w.failed]
@@ -454,6 +488,15 @@ def _summary(work: list[_SessionWork]) -> dict:
         sizes["new"] += sum(pf.size for pf in new)
         sizes["present"] += sum(pf.size for pf in w.present)
     return {"counts": counts, "bytes": sizes}
+
+
+def _unsaved(root: Path) -> set[str]:
+    """Paths that differ from HEAD: staged, changed or untracked."""
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "-z", "--untracked-files=all", "--no-renames"],
+        cwd=root, capture_output=True, text=True, encoding="utf-8",
+        errors="surrogateescape", check=True).stdout
+    return {entry[3:] for entry in out.split("\0") if entry}
 
 
 def _errors(res: dict) -> str:

@@ -15,6 +15,7 @@ import csv
 import html
 import io
 import json
+import random
 import re
 import secrets
 import socket
@@ -27,14 +28,14 @@ import zipfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources as importlib_resources
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional, Union
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .study import FORBIDDEN_PROJECT, Study, StudySpec
 
 XNAT_VERSION = "1.8.10"
 UUID_RE = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
-FAULT_KINDS = ("status", "reset", "truncate", "html200", "slow", "expire")
+FAULT_KINDS = ("status", "reset", "truncate", "html200", "slow", "expire", "body")
 
 
 # ====================================================================== public records
@@ -59,9 +60,18 @@ class Fault:
     response), ``truncate`` (announce the full Content-Length, send
     ``after_bytes`` bytes, close), ``html200`` (200 with an HTML error page),
     ``slow`` (wait ``delay`` seconds, then answer normally), ``expire``
-    (invalidate this request's session, answer 401).
+    (invalidate this request's session, answer 401), ``body`` (a server that
+    answers something else than it claims: ``body`` bytes are sent with
+    ``status`` (default 200) as ``content_type``, or, when ``body`` is a
+    callable, the normal response is sent with its body replaced by
+    ``body(original_bytes)``, e.g. one row of a real listing altered).
+    ``headers`` are added to a ``status`` or ``body`` answer (e.g. a
+    ``Location`` for a redirect).
     ``path`` is a regular expression searched in the request path; ``times``
     is how many matching requests are affected (None: all of them).
+    ``rate``: affect each matching request only with this probability
+    (drawn from ``random.Random(seed)``, so a run is repeatable), for faults
+    sprinkled over a long run.
     """
 
     kind: str
@@ -71,6 +81,11 @@ class Fault:
     status: Optional[int] = None
     after_bytes: Optional[int] = None
     delay: Optional[float] = None
+    body: Union[bytes, Callable[[bytes], bytes], None] = None
+    content_type: str = "application/json;charset=UTF-8"
+    headers: Optional[dict] = None
+    rate: Optional[float] = None
+    seed: int = 0
     hits: int = field(default=0, compare=False)
 
     def __post_init__(self):
@@ -82,12 +97,21 @@ class Fault:
             self.after_bytes = 0
         if self.kind == "slow" and self.delay is None:
             self.delay = 1.0
+        if self.kind == "body" and self.body is None:
+            raise ValueError("a body fault needs body= (bytes, or a callable rewriting the body)")
+        if self.rate is not None and not 0.0 <= self.rate <= 1.0:
+            raise ValueError("rate must be between 0 and 1")
         self._regex = re.compile(self.path)
+        self._random = random.Random(self.seed)
 
     def matches(self, method: str, path: str) -> bool:
         if self.method is not None and self.method.upper() != method:
             return False
         return self._regex.search(path) is not None
+
+    def draw(self) -> bool:
+        """Whether this matching request is affected (always, without a rate)."""
+        return self.rate is None or self._random.random() < self.rate
 
 
 # ====================================================================== errors used for control flow
@@ -208,7 +232,7 @@ class _ServerState:
             for fault in self.faults:
                 if fault.times is not None and fault.hits >= fault.times:
                     continue
-                if fault.matches(method, path):
+                if fault.matches(method, path) and fault.draw():
                     fault.hits += 1
                     return fault
         return None
@@ -324,6 +348,7 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
         self.jsid = None
         self.new_cookies: list[str] = []
         self.fault: Optional[Fault] = None
+        self.rewrite: Optional[Callable[[bytes], bytes]] = None
         self.logged = False
         length = int(self.headers.get("Content-Length") or 0)
         self.body = self.rfile.read(length) if length else b""
@@ -349,7 +374,14 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
         if kind == "slow":
             time.sleep(fault.delay)
         elif kind == "status":
-            self._send_error_page(fault.status, "Injected fault")
+            self._send_error_page(fault.status, "Injected fault", fault.headers)
+            raise _Done
+        elif kind == "body":
+            if callable(fault.body):
+                self.rewrite = fault.body
+                self.rewrite_headers = fault.headers
+                return
+            self._send(fault.status or 200, fault.body, fault.content_type, fault.headers)
             raise _Done
         elif kind == "html200":
             self._log(200)
@@ -416,6 +448,9 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
         if record:
             self._log(status)
         fault = self.fault
+        if self.rewrite is not None and body is not None:
+            body, self.rewrite = self.rewrite(body), None
+            headers = {**(headers or {}), **(self.rewrite_headers or {})}
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         for c in self.new_cookies:
@@ -437,9 +472,10 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
             # the body was shorter than the cut: cut now anyway
             raise _ConnectionReset(fault.kind)
 
-    def _send_error_page(self, status: int, message: str):
-        headers = {"WWW-Authenticate": 'Basic realm="XNAT"'} if status == 401 else None
-        self._send(status, _html_page(status, message), "text/html;charset=UTF-8", headers)
+    def _send_error_page(self, status: int, message: str, extra: dict | None = None):
+        headers = {"WWW-Authenticate": 'Basic realm="XNAT"'} if status == 401 else {}
+        self._send(status, _html_page(status, message), "text/html;charset=UTF-8",
+                   {**headers, **(extra or {})})
 
     def _send_text(self, text: str, status: int = 200, ctype: str = "text/plain;charset=UTF-8"):
         self._send(status, text.encode("utf-8"), ctype)
@@ -714,10 +750,21 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
                 sessions = [e for p in study.projects if p not in self.state.forbidden
                             for e in study.project_sessions(p)]
             rows = [self._session_row(e) for e in sessions]
-            for key in ("xsiType", "date", "label"):
-                if key in self.query:
-                    rows = [r for r in rows if r[key] == self.query[key]]
             default = ["ID", "label", "project", "xsiType", "date", "insert_date", "URI"]
+            filters = ("xsiType", "date", "label")
+            if subject is None and project is None:
+                # /data/experiments filters on any experiment field (a comma
+                # separates alternatives); a subject-assessor field in the
+                # query (subject_ID, or a session xsiType) makes XNAT list
+                # subject assessors, whose default columns add the subject
+                filters += ("project", "subject_ID", "subject_label")
+                if ({"subject_ID", "subject_label"} & set(self.query)
+                        or self.query.get("xsiType", "").endswith("SessionData")):
+                    default = default[:-1] + ["subject_ID", "subject_label", "URI"]
+            for key in filters:
+                if key in self.query:
+                    wanted = set(self.query[key].split(","))
+                    rows = [r for r in rows if r[key] in wanted]
         elif coll == "scans" and session is not None and scan is None and not scan_all:
             rows = [self._scan_row(sc) for sc in study.scans(session.id)]
             default = ["xnat_imagescandata_id", "ID", "type", "xsiType", "quality", "series_description",
@@ -987,6 +1034,21 @@ class Sandbox:
         self._server = None
         self._thread = None
 
+    def pause(self):
+        """The server goes away: stop listening and drop every connection.
+
+        Clients then get "connection refused". The study, server sessions,
+        faults and request log stay; :meth:`resume` listens again on the
+        same port, so a URL recorded in a dataset stays valid.
+        """
+        if self._server is None:
+            return
+        self._port = self.port
+        self.stop()
+
+    def resume(self) -> "Sandbox":
+        return self.start()
+
     def __enter__(self) -> "Sandbox":
         return self.start()
 
@@ -1035,6 +1097,13 @@ class Sandbox:
     def locked(self, user: str) -> bool:
         with self._state.lock:
             return self._state.failed.get(user, 0) >= self._state.lockout_after
+
+    def set_password(self, user: str, password: str):
+        """Change a user's password (as on XNAT's web page); sessions stay valid."""
+        with self._state.lock:
+            if user not in self._state.users:
+                raise KeyError(user)
+            self._state.users[user] = password
 
     def expire_sessions(self):
         with self._state.lock:

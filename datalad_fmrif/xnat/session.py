@@ -16,9 +16,11 @@ import logging
 import os
 import threading
 import time
+import types
 from typing import Any
 
 import requests
+import urllib3
 
 from ..credentials import Credential, Rejections
 from .errors import (
@@ -41,6 +43,15 @@ _XNATPY_LOGGER.setLevel(logging.WARNING)
 
 TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 LOGIN_HELP = "Run 'datalad fmrif-login' to store the right password"
+
+
+def _could_not_connect(error: Exception) -> bool:
+    """No connection was made at all (refused, no route, name, connect
+    timeout): a server that is not there, unlike a reset or a broken body."""
+    if isinstance(error, requests.exceptions.ConnectTimeout):
+        return True
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 def looks_like_html(head: bytes) -> bool:
@@ -85,6 +96,36 @@ def _ca_bundle_for_xnatpy(verify: str | bool):
             del os.environ["REQUESTS_CA_BUNDLE"]
         else:
             os.environ["REQUESTS_CA_BUNDLE"] = saved
+
+
+class _NoRedirects(requests.Session):
+    """xnatpy's session: a redirect is an answer, never followed (it may lead
+    off the configured server, and the session cookie with it)."""
+
+    def request(self, method, url, *args, **kwargs):
+        kwargs["allow_redirects"] = False
+        return super().request(method, url, *args, **kwargs)
+
+
+_XNATPY_PATCH = threading.Lock()
+
+
+@contextlib.contextmanager
+def _xnatpy_without_redirects():
+    """xnatpy 0.8 makes its own requests.Session, which follows redirects,
+    and moves to whatever server a redirect of ``GET /`` names: during
+    ``xnat.connect`` it gets a session class that does not."""
+    import xnat
+
+    shim = types.ModuleType(requests.__name__)
+    shim.__dict__.update(vars(requests))
+    shim.Session = _NoRedirects
+    with _XNATPY_PATCH:
+        saved, xnat.requests = xnat.requests, shim
+        try:
+            yield
+        finally:
+            xnat.requests = saved
 
 
 class XnatSession:
@@ -179,7 +220,7 @@ class XnatSession:
             except Exception:  # noqa: BLE001
                 pass
         try:
-            with _ca_bundle_for_xnatpy(self.verify):
+            with _ca_bundle_for_xnatpy(self.verify), _xnatpy_without_redirects():
                 self._xnat = xnat.connect(
                     self.server,
                     jsession=jsession,
@@ -199,7 +240,10 @@ class XnatSession:
             raise NotXnat(
                 f"{self.server} did not answer like XNAT after login: {e}"
             ) from None
-        self.xnat_version = str(getattr(self._xnat, "xnat_version", "") or "")
+        try:
+            self.xnat_version = str(self._xnat.xnat_version or "")
+        except Exception:  # noqa: BLE001 - for the record only; its absence is no error
+            self.xnat_version = ""
         self._generation += 1
 
     def _request_jsession(self) -> str:
@@ -230,6 +274,12 @@ class XnatSession:
             raise ServerUnreachable(
                 f"cannot reach XNAT at {self.server}: {type(e).__name__}. "
                 "Check the URL and your network (NIH VPN?)"
+            ) from None
+        except OSError as e:  # requests: the configured CA bundle cannot be read
+            raise TlsError(
+                f"cannot verify the TLS certificate of {self.server}: {e}. Point "
+                "git config datalad.fmrif.ca-bundle (or REQUESTS_CA_BUNDLE) at a "
+                "readable CA bundle; verification is never turned off."
             ) from None
         finally:
             probe.close()
@@ -287,8 +337,8 @@ class XnatSession:
         reauthenticated = False
         attempt = 0
         while True:
-            generation = self._generation
-            http = self.http
+            http = self.http  # may log in first (lazily): the generation is
+            generation = self._generation  # that of the session used here
             try:
                 response = http.request(
                     method, url, params=params, headers=headers, stream=stream,
@@ -300,6 +350,7 @@ class XnatSession:
                     requests.exceptions.Timeout,
                     requests.exceptions.ChunkedEncodingError) as e:
                 failure = f"{type(e).__name__}"
+                unreachable = _could_not_connect(e)
                 response = None
             else:
                 expired = response.status_code == 401 or (
@@ -318,8 +369,16 @@ class XnatSession:
                 if response.status_code not in TRANSIENT_STATUS:
                     return self._check_status(response, method, path)
                 failure = f"HTTP {response.status_code}"
+                unreachable = False
                 response.close()
             if attempt >= self.retries:
+                if unreachable:
+                    # not one file's problem: callers stop instead of
+                    # spending the same retries on every other request
+                    raise ServerUnreachable(
+                        f"cannot reach XNAT at {self.server}: {method} {path} "
+                        f"failed after {attempt + 1} attempts: {failure}"
+                    )
                 raise TransientError(
                     f"{method} {self.server}{path} failed after "
                     f"{attempt + 1} attempts: {failure}"
@@ -346,6 +405,7 @@ class XnatSession:
         """GET a JSON document, re-logging in once if XNAT answers its login page."""
         params = dict(params or {}, format="json")
         for fresh_login in (False, True):
+            self.http  # noqa: B018 - log in first (lazily), as in request()
             generation = self._generation
             response = self.request("GET", path, params=params)
             body = response.content

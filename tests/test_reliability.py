@@ -1,0 +1,672 @@
+"""Reliability, tried on purpose: faults, expiry, outages, kills, a full disk.
+
+Every test runs the real thing (DataLad, git-annex, the ``fmrif`` special
+remote, the keyring) against the sandbox XNAT, makes it misbehave with
+injected faults, and then checks the dataset, not only the messages: what
+is committed has verified content, nothing is half-done, and a re-run
+completes the job. The studies are tiny (4 kB files, a few dozen of them) so
+that the suite stays fast; the load test has a big brother under
+``--run-slow``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datalad.api as dl
+import pytest
+from helpers import PROJECT, by_status, download, git, manifests, pseudonymous_list
+
+from datalad_fmrif.credentials import CredentialStore, default_credential_name
+from datalad_fmrif.sandbox import Fault, Sandbox, StudySpec
+
+DATALAD = str(Path(sys.executable).parent / "datalad")
+EXCLUDED = ("REQUISITION", "SCREEN-SAVE", "SAVE")
+
+# 1 subject, 2 sessions, 2 downloadable scans of 3 files each: 12 files
+SMALL = StudySpec(seed=3, subjects=1, sessions_per_subject=(2, 2), scans_per_session=3,
+                  files_per_scan=3, file_size=4096)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sandbox(spec=SMALL, **kwargs):
+    """A sandbox whose demo credential is in the keyring (as after fmrif-login)."""
+    with Sandbox(spec, **kwargs) as sb:
+        name = default_credential_name(sb.url)
+        store = CredentialStore()
+        store.set(name, sb.user, sb.password, realm=sb.url)
+        try:
+            yield sb
+        finally:
+            sb.clear_faults()
+            store.remove(name)
+
+
+@pytest.fixture
+def small(secret_service, state_dir):
+    with sandbox() as sb:
+        yield sb
+
+
+# Retries keep their number but not their waiting (0.5 s, 1 s, 2 s, 4 s: 7.5 s
+# for every request that keeps failing), in this process and in every Python
+# process the test starts (datalad, the special remote), through a
+# sitecustomize module that patches the defaults when the modules load.
+FAST_BACKOFF = 0.01
+_SITECUSTOMIZE = f"""
+import importlib.abc, importlib.util, sys
+
+_TARGETS = {{"datalad_fmrif.xnat.session", "datalad_fmrif.transfer"}}
+
+
+def _patch(module):
+    if module.__name__.endswith("session"):
+        module.XnatSession.__init__.__kwdefaults__["backoff"] = {FAST_BACKOFF}
+    else:
+        module.fetch.__kwdefaults__["backoff"] = {FAST_BACKOFF}
+
+
+class _FastRetries(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name not in _TARGETS:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            _patch(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _FastRetries())
+"""
+
+
+@pytest.fixture
+def fast_retries(tmp_path_factory, monkeypatch):
+    """Retries without the waiting, here and in child processes."""
+    from datalad_fmrif import transfer
+    from datalad_fmrif.xnat.session import XnatSession
+
+    site = tmp_path_factory.mktemp("fast-retries")
+    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(site), os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.setitem(XnatSession.__init__.__kwdefaults__, "backoff", FAST_BACKOFF)
+    monkeypatch.setitem(transfer.fetch.__kwdefaults__, "backoff", FAST_BACKOFF)
+
+
+def new_dataset(tmp_path, name="study"):
+    """A fresh dataset; made after the credential is stored, so that its
+    configuration manager has seen it."""
+    return dl.create(tmp_path / name, result_renderer="disabled")
+
+
+def wanted(sb, subjects) -> list:
+    """Sandbox files a default download takes (no identifying series, DICOM only)."""
+    found = []
+    for s in subjects:
+        for e in sb.study.sessions(s.id):
+            types = {sc.id: sc.type for sc in sb.study.scans(e.id)}
+            found += [f for f in sb.study.files(e.id)
+                      if f.scan_id is not None and types[f.scan_id] not in EXCLUDED]
+    return found
+
+
+def file_re(f) -> str:
+    """Fault path of one file's download."""
+    return re.escape(f"/scans/{f.scan_id}/resources/{f.resource_id}/files/{f.name}") + "$"
+
+
+def session_re(e, rest="") -> str:
+    return re.escape(f"/data/experiments/{e.id}{rest}") + "$"
+
+
+def cli(ds, sb, subjects, *args, env=None, timeout=300):
+    """``datalad -f json fmrif-download`` as a user runs it: (process, records)."""
+    proc = subprocess.run(
+        [DATALAD, "-f", "json", "fmrif-download", "-d", ds.path, "--server", sb.url,
+         *args, str(subjects)],
+        capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    records = []
+    for line in proc.stdout.splitlines():
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(line))
+    return proc, records
+
+
+def head_files(ds) -> set[str]:
+    out = git(ds, "ls-tree", "-r", "--name-only", "HEAD")
+    return {p for p in out.splitlines() if not p.startswith(".")}
+
+
+def annex_lines(ds, *args) -> list[str]:
+    return [line for line in git(ds, "annex", *args).splitlines() if line]
+
+
+def assert_consistent(ds, *, content=True):
+    """What is committed is whole: no changes left over, no stray files, every
+    committed annexed file with its verified content (unless --no-content)."""
+    assert git(ds, "status", "--porcelain", "--ignored", "--untracked-files=all") == ""
+    if content:
+        assert annex_lines(ds, "find", "--not", "--in", "here", "--branch", "HEAD") == []
+    fsck = subprocess.run(["git", "annex", "fsck", "--quiet"], cwd=ds.path,
+                          capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout[-3000:] + fsck.stderr[-3000:]
+
+
+def assert_complete(ds, sb, subjects):
+    """Every wanted file committed with XNAT's content; nothing else; consistent."""
+    want = {(f.session_id, f.scan_id, f.name): f for f in wanted(sb, subjects)}
+    docs = manifests(ds)
+    got = {(m["session"]["id"], f["scan_id"], f["name"]): f["path"]
+           for m in docs.values() for f in m["files"]}
+    assert set(got) == set(want)
+    assert head_files(ds) == set(got.values())
+    for k, path in got.items():
+        data = (ds.pathobj / path).read_bytes()
+        assert hashlib.md5(data).hexdigest() == want[k].true_md5, path
+    assert_consistent(ds)
+
+
+def failures(results, type="file") -> dict[str, str]:
+    """Dataset path (relative) -> message of every failed result of a type."""
+    out = {}
+    for r in results:
+        if r.get("type") == type and r["status"] in ("error", "impossible"):
+            key = os.path.relpath(r["path"], r["refds"]) if type == "file" else \
+                r.get("xnat_session_id") or r["message"]
+            out[key] = r["message"]
+    return out
+
+
+def logins(sb) -> list:
+    return [r for r in sb.requests if r.path == "/data/services/auth"]
+
+
+def path_of(ds, f) -> str | None:
+    """Dataset path a sandbox file was planned to (from the manifests), if any."""
+    for m in manifests(ds).values():
+        for entry in m["files"]:
+            if (entry["scan_id"], entry["name"]) == (f.scan_id, f.name):
+                return entry["path"]
+    return None
+
+
+def requests_for(sb, f) -> list:
+    return [r for r in sb.requests if r.path.endswith(f"/files/{f.name}")]
+
+
+# -- transient faults -------------------------------------------------------------------
+
+
+def test_transient_faults_on_listings_and_files_are_retried(tmp_path, small, ds):
+    sb = small
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    s1, s2 = sb.study.sessions(subs[0].id)
+    files = wanted(sb, subs)
+    a, b, c, d, e = files[0], files[2], files[5], files[7], files[10]
+    faults = [sb.add_fault(fault) for fault in (
+        Fault("status", path=r"^/data/projects/[^/]+/subjects$", status=503),
+        Fault("reset", path=r"/subjects/[^/]+/experiments$"),
+        Fault("status", path=session_re(s1, "/scans"), status=502, times=2),
+        Fault("reset", path=session_re(s2, "/scans/ALL/files")),
+        Fault("status", path=file_re(a), status=503),
+        Fault("status", path=file_re(b), status=500, times=2),
+        Fault("reset", path=file_re(c)),  # before any byte
+        Fault("reset", path=file_re(d), after_bytes=1000),  # mid-body
+        Fault("truncate", path=file_re(e), after_bytes=1500),  # short body
+    )]
+    res = download(ds, sb, csv, jobs=2)
+    assert not [r for r in res if r["status"] in ("error", "impossible")], res
+    assert all(f.hits == f.times for f in faults)  # each one was hit
+    assert_complete(ds, sb, subs)
+    # each failed request was retried until it worked
+    assert [r.status for r in requests_for(sb, b)] == [500, 500, 200]
+    assert [r.status for r in requests_for(sb, c)] == [0, 200]
+    # broken bodies are resumed where they broke off, not fetched again
+    assert [r.status for r in requests_for(sb, d)] == [200, 206]
+    assert [r.status for r in requests_for(sb, e)] == [200, 206]
+    assert sb.failed_logins(sb.user) == 0
+
+
+def test_persistent_failures_are_reported_and_a_rerun_completes(tmp_path, small, ds, fast_retries):
+    """A run that cannot finish says what failed, exits non-zero, commits only
+    what is whole; a later run completes it."""
+    sb = small
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    s1, s2 = sb.study.sessions(subs[0].id)
+    files = [f for f in wanted(sb, subs) if f.session_id == s1.id]
+    a, b = files[1], files[4]
+    sb.add_fault(Fault("status", path=file_re(a), status=503, times=None))
+    sb.add_fault(Fault("reset", path=file_re(b), times=None))
+    sb.add_fault(Fault("status", path=session_re(s2, "/scans/ALL/files"), status=500,
+                       times=None))
+    head = git(ds, "rev-parse", "HEAD")
+    proc, records = cli(ds, sb, csv, "-J", "2")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    # the failed files are named, with the reason, and so is the failed session
+    failed = failures(records)
+    assert len(failed) == 2, output
+    assert all("503" in m or "ConnectionError" in m or "Reset" in m or "failed" in m
+               for m in failed.values()), failed
+    assert s2.id in output
+    # the other session was downloaded; what is committed is whole, and the
+    # failed files are not in the dataset
+    assert git(ds, "rev-parse", "HEAD") != head
+    assert_consistent(ds)
+    assert len(head_files(ds)) == len(files) - 2
+    for f in (a, b):
+        path = path_of(ds, f)
+        assert path is None or not os.path.lexists(ds.pathobj / path)
+    assert len(requests_for(sb, a)) > 1  # retried, within a budget
+    assert len(requests_for(sb, a)) <= 10
+
+    sb.clear_faults()
+    res = download(ds, sb, csv, jobs=2)
+    assert not [r for r in res if r["status"] in ("error", "impossible")], res
+    assert_complete(ds, sb, subs)
+
+
+def test_bad_content_is_never_committed(tmp_path, small, ds, fast_retries):
+    """A body that never arrives whole, an HTML page with status 200, a wrong
+    digest, a wrong size: each is reported per file, none becomes content."""
+    sb = small
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    files = wanted(sb, subs)
+    cut, html, digest, size, nodigest_html, nodigest_sniff = (
+        files[0], files[3], files[5], files[6], files[8], files[11])
+    sb.add_fault(Fault("truncate", path=file_re(cut), after_bytes=0, times=None))
+    sb.add_fault(Fault("html200", path=file_re(html), times=None))
+    sb.study.set_digest(digest.session_id, digest.scan_id, digest.name, "0" * 32)
+    # XNAT has no digest for two files: only the HTML check can catch the page
+    for f in (nodigest_html, nodigest_sniff):
+        sb.study.set_digest(f.session_id, f.scan_id, f.name, "")
+    sb.add_fault(Fault("html200", path=file_re(nodigest_html), times=None))
+    page = b"<!DOCTYPE html><html><body>Login</body></html>"
+    sb.add_fault(Fault("body", path=file_re(nodigest_sniff), times=None,
+                       body=page, content_type="application/octet-stream"))
+
+    # the listing announces a size the download does not have
+    def wrong_size(body: bytes) -> bytes:
+        doc = json.loads(body)
+        for row in doc["ResultSet"]["Result"]:
+            if row["Name"] == size.name:
+                row["Size"] = str(size.size + 10)
+        return json.dumps(doc).encode()
+
+    sb.add_fault(Fault("body", path=session_re(sb.study.session(size.session_id),
+                                                "/scans/ALL/files"), body=wrong_size))
+
+    res = download(ds, sb, csv, jobs=2)
+    failed = failures(res)
+    assert len(failed) == 6, res
+    messages = "\n".join(failed.values())
+    assert "broke off" in messages
+    assert "HTML" in messages
+    assert "MD5" in messages or "Verification" in messages
+    assert "bytes" in messages
+    # nothing of them is in the dataset, its history or its annex
+    bad = [cut, html, digest, size, nodigest_html, nodigest_sniff]
+    committed = head_files(ds)
+    assert len(committed) == len(files) - len(bad)
+    for f in bad:
+        assert not any(p.endswith(f.name) for p in committed)
+        assert not list((ds.pathobj / ".git" / "annex" / "objects").rglob(f"*{f.md5 or 'none'}*"))
+    assert_consistent(ds)
+
+    sb.clear_faults()
+    for f in bad:
+        sb.study.set_digest(f.session_id, f.scan_id, f.name, None)
+    res = download(ds, sb, csv, jobs=2)
+    assert not [r for r in res if r["status"] in ("error", "impossible")], res
+    assert_complete(ds, sb, subs)
+
+
+# -- session expiry ---------------------------------------------------------------------
+
+
+def test_idle_session_expiry_logs_in_again(tmp_path, secret_service, state_dir):
+    with sandbox(session_timeout=1.0) as sb:
+        ds = new_dataset(tmp_path)
+        csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+        _, s2 = sb.study.sessions(subs[0].id)
+        # a pause longer than the idle timeout, in the middle of the listings
+        # (this process) and in the middle of the transfers (special remote)
+        sb.add_fault(Fault("slow", path=session_re(s2, "/scans"), delay=1.5))
+        sb.add_fault(Fault("slow", path=file_re(wanted(sb, subs)[4]), delay=1.5))
+        res = download(ds, sb, csv, jobs=2)
+        assert not [r for r in res if r["status"] in ("error", "impossible")], res
+        assert_complete(ds, sb, subs)
+        expired = [r for r in sb.requests if r.status == 401]
+        assert len(expired) >= 2
+        assert sb.failed_logins(sb.user) == 0
+        # this process and each special-remote process: one login each, plus
+        # one for every expiry (the remote processes' own pauses may add some)
+        assert 3 <= len(logins(sb)) <= 3 + len(expired)
+
+
+def test_forced_expiry_logs_in_again_once(tmp_path, small, ds):
+    """XNAT ends sessions whenever it likes: each process logs in again, once
+    per expiry, and goes on; also when its very first request meets one (a
+    special-remote process logs in lazily)."""
+    sb = small
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    s1, s2 = sb.study.sessions(subs[0].id)
+    files = wanted(sb, subs)
+    faults = [sb.add_fault(fault) for fault in (
+        Fault("expire", path=session_re(s1, "/scans/ALL/files")),
+        # XNAT's login page with status 200 where JSON was expected: expired too
+        Fault("html200", path=session_re(s2, "/scans")),
+        Fault("expire", path=file_re(files[9])),
+        # the first file request: the first request of a special-remote process
+        Fault("expire", path="/files/", times=1),
+    )]
+    res = download(ds, sb, csv, jobs=2)
+    assert not [r for r in res if r["status"] in ("error", "impossible")], res
+    assert all(f.hits == f.times for f in faults)
+    assert_complete(ds, sb, subs)
+    # this process: one login and two re-logins; each special-remote process
+    # (git-annex starts one or two for -J 2): one login; plus one per expiry
+    remote_processes = len(logins(sb)) - 3 - 2
+    assert remote_processes in (1, 2), [(r.method, r.path, r.status) for r in sb.requests]
+    assert sb.failed_logins(sb.user) == 0
+
+
+def test_a_session_that_keeps_expiring_is_not_a_login_loop(tmp_path, small, ds, fast_retries):
+    sb = small
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    s1, _ = sb.study.sessions(subs[0].id)
+    sb.add_fault(Fault("expire", path=session_re(s1, "/scans"), times=None))
+    head = git(ds, "rev-parse", "HEAD")
+    res = download(ds, sb, csv, jobs=2)
+    assert "error" in by_status(res)
+    assert any("fresh session" in r["message"] for r in res if r["status"] == "error")
+    assert len(logins(sb)) == 2  # the login and exactly one re-login
+    assert sb.failed_logins(sb.user) == 0
+    assert len([r for r in sb.requests if r.path.endswith(f"{s1.id}/scans")]) == 2
+    assert git(ds, "rev-parse", "HEAD") == head or head_files(ds) == set()
+    assert_consistent(ds)
+
+
+# -- the server goes away -----------------------------------------------------------------
+
+
+def _wait_for(predicate, timeout=60.0, step=0.02):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+def file_gets(sb) -> list:
+    return [r for r in sb.requests if r.method == "GET" and "/files/" in r.path]
+
+
+def test_server_unreachable_mid_run(tmp_path, secret_service, state_dir, fast_retries):
+    """The server disappears while a run lists sessions, and later while one
+    transfers files: each run stops with a clear error, the dataset holds
+    only what was completed and saved, and a run with the server back
+    completes it."""
+    spec = StudySpec(seed=4, subjects=2, sessions_per_subject=(2, 2), scans_per_session=3,
+                     files_per_scan=6, file_size=4096)
+    with sandbox(spec, bandwidth=200_000) as sb:
+        ds = new_dataset(tmp_path)
+        csv, subs = pseudonymous_list(tmp_path, sb, n=2)
+        sessions = [e for s in subs for e in sb.study.sessions(s.id)]
+
+        def listing():
+            return any(r.path.endswith(f"{sessions[1].id}/scans/ALL/files")
+                       for r in sb.requests)
+
+        def transfer():
+            return len([r for r in file_gets(sb) if r.status == 200]) >= 5
+
+        for gone in (listing, transfer):
+            sb.clear_requests()
+            proc = subprocess.Popen(
+                [DATALAD, "-f", "json", "fmrif-download", "-d", ds.path, "--server", sb.url,
+                 "-J", "2", str(csv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True)
+            try:
+                assert _wait_for(gone, timeout=60)
+                sb.pause()
+                out, err = proc.communicate(timeout=120)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                sb.resume()
+            assert proc.returncode != 0, out + err
+            assert "cannot reach XNAT" in out + err, out + err
+            assert_consistent(ds)
+            if gone is listing:
+                assert head_files(ds) == set()  # nothing half-planned into the dataset
+            else:
+                assert 0 < len(head_files(ds)) < len(wanted(sb, subs))
+
+        res = download(ds, sb, csv, jobs=2)
+        assert not [r for r in res if r["status"] in ("error", "impossible")], res
+        assert_complete(ds, sb, subs)
+
+
+def test_unreachable_is_final_a_reset_is_transient(small, fast_retries):
+    """A server that refuses connections ends a process's work at once; a
+    connection reset is one request's bad luck, retried, then reported."""
+    from datalad_fmrif.credentials import Credential, Rejections
+    from datalad_fmrif.xnat.errors import ServerUnreachable, TransientError
+    from datalad_fmrif.xnat.session import XnatSession
+
+    sb = small
+    cred = Credential("sandbox", sb.user, sb.password, "environment")
+    path = f"/data/projects/{PROJECT}/subjects"
+    with XnatSession(sb.url, cred, rejections=Rejections()) as xnat:
+        sb.add_fault(Fault("reset", path=re.escape(path), times=None))
+        with pytest.raises(TransientError) as reset:
+            xnat.request("GET", path)
+        assert not isinstance(reset.value, ServerUnreachable)
+        assert len([r for r in sb.requests if r.path == path]) == 5
+        sb.pause()
+        try:
+            with pytest.raises(ServerUnreachable, match="cannot reach XNAT"):
+                xnat.request("GET", path)
+        finally:
+            sb.resume()
+        sb.clear_faults()
+        assert xnat.request("GET", path).status_code == 200
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs (zombies do not count: in
+    some containers nobody reaps orphans)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+# -- kills -----------------------------------------------------------------------------------
+
+
+def test_killed_again_and_again_then_completed(tmp_path, secret_service, state_dir):
+    """SIGINT and SIGKILL at random moments (seeded), to the whole process
+    group (Ctrl-C, a killed job) or SIGINT to datalad alone: four times in a
+    row; the next run completes the dataset, with verified content and no
+    stray files."""
+    rng = random.Random(20261125)
+    spec = StudySpec(seed=5, subjects=2, sessions_per_subject=(1, 2), scans_per_session=4,
+                     files_per_scan=6, file_size=4096)
+    signals = [signal.SIGINT, signal.SIGKILL, signal.SIGINT, signal.SIGKILL]
+    rng.shuffle(signals)
+    with sandbox(spec, latency=0.002, bandwidth=150_000) as sb:
+        ds = new_dataset(tmp_path)
+        csv, subs = pseudonymous_list(tmp_path, sb, n=2)
+        argv = [DATALAD, "fmrif-download", "-d", ds.path, "--server", sb.url, "-J", "2",
+                str(csv)]
+        interrupted = []
+        for sig in signals:
+            # SIGKILL to datalad alone is left out: its git-annex child then
+            # hangs for good, holding its transfer locks (see docs/guarantees.md)
+            whom = rng.choice(["group", "datalad"]) if sig == signal.SIGINT else "group"
+            delay = rng.uniform(0.5, 7.0)
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                if whom == "group":
+                    os.killpg(proc.pid, sig)
+                else:
+                    os.kill(proc.pid, sig)
+                interrupted.append((sig.name, whom, round(delay, 1)))
+            proc.wait(timeout=60)
+            # git-annex children of a killed datalad finish on their own (a
+            # run started meanwhile would find their transfers in progress)
+            assert _wait_for(lambda pid=proc.pid: not _group_alive(pid), timeout=60), interrupted
+            # whatever was committed so far has its content
+            assert annex_lines(ds, "find", "--not", "--in", "here", "--branch", "HEAD") == []
+        assert len(interrupted) >= 3, interrupted
+
+        res = download(ds, sb, csv, jobs=2)
+        assert not [r for r in res if r["status"] in ("error", "impossible")], (interrupted, res)
+        assert_complete(ds, sb, subs)
+        tmp = ds.pathobj / ".git" / "annex" / "tmp"
+        assert not tmp.exists() or not [p for p in tmp.rglob("*") if p.is_file()]
+        assert not (ds.pathobj / ".git" / "index.lock").exists()
+
+
+# -- a full disk ----------------------------------------------------------------------------
+
+
+def _mount_tmpfs(where: Path, size: str):
+    """Mount a small tmpfs (needs root or CAP_SYS_ADMIN; else the test is skipped)."""
+    if not shutil.which("mount"):
+        pytest.skip("no mount command: cannot make a small file system")
+    where.mkdir(parents=True, exist_ok=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                           str(where)], capture_output=True, text=True)
+    if made.returncode != 0:
+        reason = (f"cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): "
+                  f"{made.stderr.strip()}")
+        print(reason)
+        pytest.skip(reason)
+
+
+@pytest.mark.parametrize("full", ["dataset", "annex-tmp"])
+def test_disk_full(tmp_path, secret_service, state_dir, full):
+    """No space left: on the dataset's file system (git-annex refuses what
+    does not fit), or where the transfers write (they break off with ENOSPC).
+    A clear error per file, only whole files committed, the repository
+    intact; with space again, a re-run completes the dataset."""
+    spec = StudySpec(seed=6, subjects=1, sessions_per_subject=(2, 2), scans_per_session=3,
+                     files_per_scan=6, file_size=98304)  # 24 files, 2.4 MB
+    mounts = []
+    try:
+        with sandbox(spec) as sb:
+            if full == "dataset":
+                _mount_tmpfs(tmp_path / "disk", "2m")
+                mounts.append(tmp_path / "disk")
+                ds = dl.create(tmp_path / "disk" / "study", result_renderer="disabled")
+            else:
+                ds = new_dataset(tmp_path)
+                # smaller than one file: every transfer hits the wall
+                _mount_tmpfs(ds.pathobj / ".git" / "annex" / "tmp", "48k")
+                mounts.append(ds.pathobj / ".git" / "annex" / "tmp")
+            # git-annex keeps 100 MB free by default and would refuse every
+            # file at once; let it get as close to the wall as it can
+            git(ds, "config", "annex.diskreserve", "0")
+            csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+            res = download(ds, sb, csv, jobs=2)
+            problems = [r for r in res if r["status"] in ("error", "impossible")]
+            assert problems, res
+            messages = " ".join(r["message"] for r in problems)
+            # git-annex's own check, or the write that hit the wall (a transfer,
+            # or git writing its index when the transfers left no byte free)
+            assert any(text in messages for text in (
+                "not enough free space", "No space left", "Out of diskspace")), messages
+            # nothing half-committed: what HEAD has is whole, the repository
+            # sound (read-only checks: git-annex itself needs a byte to run)
+            committed = head_files(ds)
+            assert len(committed) < len(wanted(sb, subs))
+            assert all((ds.pathobj / p).exists() for p in committed)  # content is there
+            subprocess.run(["git", "fsck", "--no-progress"], cwd=ds.path, check=True,
+                           capture_output=True)
+            if full == "annex-tmp":  # the dataset's own disk had room: all tidy
+                assert git(ds, "status", "--porcelain") == ""
+                assert len(head_files(ds)) == len(wanted(sb, subs)) - len(failures(res))
+
+            subprocess.run(["mount", "-o", "remount,size=64m", str(mounts[0])], check=True)
+            res = download(ds, sb, csv, jobs=2)
+            assert not [r for r in res if r["status"] in ("error", "impossible")], res
+            assert_complete(ds, sb, subs)
+    finally:
+        for where in mounts:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+# -- load ---------------------------------------------------------------------------------------
+
+
+LOAD = {
+    # 2 subjects x 2 sessions x 5 downloadable scans x 25 files: 250 files
+    "small": StudySpec(seed=7, subjects=2, sessions_per_subject=(2, 2), scans_per_session=6,
+                       files_per_scan=25, file_size=4096),
+    # 6 subjects x 2 sessions x 8 downloadable scans x 30 files: 2,880 files
+    "big": StudySpec(seed=8, subjects=6, sessions_per_subject=(2, 2), scans_per_session=9,
+                     files_per_scan=30, file_size=4096),
+}
+
+
+@pytest.mark.parametrize("size", ["small", pytest.param("big", marks=pytest.mark.slow)])
+def test_long_run_with_sprinkled_faults(tmp_path, secret_service, state_dir, size,
+                                        request):
+    """Hundreds (thousands, with --run-slow) of files while a few percent of
+    all requests fail in every way a network fails: everything arrives,
+    verified, in one run."""
+    if size == "small":
+        request.getfixturevalue("fast_retries")
+    with sandbox(LOAD[size], latency=0.001) as sb:
+        ds = new_dataset(tmp_path)
+        csv, subs = pseudonymous_list(tmp_path, sb, n=len(sb.study.subjects(PROJECT)))
+        faults = [
+            Fault("status", path="/files/", status=503, rate=0.02, seed=1, times=None),
+            Fault("reset", path="/files/", rate=0.01, seed=2, times=None),
+            Fault("reset", path="/files/", after_bytes=1000, rate=0.01, seed=3, times=None),
+            Fault("truncate", path="/files/", after_bytes=2000, rate=0.01, seed=4, times=None),
+            Fault("status", path=r"/scans(/ALL/files)?$", status=502, rate=0.1, seed=5,
+                  times=None),
+            Fault("reset", path=r"/experiments$", rate=0.1, seed=6, times=None),
+        ]
+        for fault in faults:
+            sb.add_fault(fault)
+        res = download(ds, sb, csv, jobs=2 if size == "small" else 4)
+        assert not [r for r in res if r["status"] in ("error", "impossible")], res
+        assert sum(f.hits for f in faults[:4]) >= (5 if size == "small" else 40)
+        assert_complete(ds, sb, subs)
