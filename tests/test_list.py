@@ -12,7 +12,6 @@ import datalad.api as dl
 import pytest
 
 from datalad_fmrif.credentials import CredentialStore, default_credential_name
-from datalad_fmrif.sandbox import Sandbox, StudySpec
 from datalad_fmrif.subjects import parse_subject_list
 
 PROJECT = "17-M-0181"
@@ -28,16 +27,10 @@ QUOTED_LINE = re.compile(r'"(?:[^"]|"")*"(?:,"(?:[^"]|"")*")*')
 FIXTURES = Path(__file__).parent / "data" / "subjects"
 
 
-@pytest.fixture
-def sb(secret_service, state_dir, tmp_path, monkeypatch):
-    """A sandbox with its demo credential stored in the real keyring."""
-    monkeypatch.chdir(tmp_path)  # no dataset configuration from the cwd
-    with Sandbox(StudySpec(seed=1, subjects=3, files_per_scan=3, file_size=4096)) as box:
-        name = default_credential_name(box.url)
-        store = CredentialStore()
-        store.set(name, box.user, box.password, realm=box.url)
-        yield box
-        store.remove(name)
+@pytest.fixture(autouse=True)
+def outside_any_dataset(tmp_path, monkeypatch):
+    """No dataset configuration from the current directory."""
+    monkeypatch.chdir(tmp_path)
 
 
 def fmrif_list(sb, project=PROJECT, **kw):
