@@ -349,14 +349,16 @@ def test_bad_content_is_never_committed(tmp_path, small, ds, fast_retries):
 
 
 def test_idle_session_expiry_logs_in_again(tmp_path, secret_service, state_dir):
-    with sandbox(session_timeout=1.0) as sb:
+    # XNAT's idle timeout is 15 minutes; 3 s keeps the test short and still
+    # leaves a loaded CI machine time between a login and its first request
+    with sandbox(session_timeout=3.0) as sb:
         ds = new_dataset(tmp_path)
         csv, subs = pseudonymous_list(tmp_path, sb, n=1)
         _, s2 = sb.study.sessions(subs[0].id)
         # a pause longer than the idle timeout, in the middle of the listings
         # (this process) and in the middle of the transfers (special remote)
-        sb.add_fault(Fault("slow", path=session_re(s2, "/scans"), delay=1.5))
-        sb.add_fault(Fault("slow", path=file_re(wanted(sb, subs)[4]), delay=1.5))
+        sb.add_fault(Fault("slow", path=session_re(s2, "/scans"), delay=4.0))
+        sb.add_fault(Fault("slow", path=file_re(wanted(sb, subs)[4]), delay=4.0))
         res = download(ds, sb, csv, jobs=2)
         assert not [r for r in res if r["status"] in ("error", "impossible")], res
         assert_complete(ds, sb, subs)
