@@ -108,6 +108,19 @@ def _field_problem(name: str) -> str | None:
             "(letters, digits, '_', '-', '.' only)")
 
 
+def _arg_chunks(items: Sequence[str], max_chars: int) -> Iterator[list[str]]:
+    """Split command-line arguments into runs of at most ``max_chars``."""
+    chunk, size = [], 0
+    for item in items:
+        if chunk and size + len(item) + 1 > max_chars:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += len(item) + 1
+    if chunk:
+        yield chunk
+
+
 def _failure(command: str, message: str, **fields) -> dict:
     """A result record shaped like git-annex's own failure records."""
     return {"command": command, "success": False,
@@ -197,6 +210,7 @@ class _BatchProcess:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        lgr.debug("%s: %d items answered", self.command, self.answered)
         if exc_type is not None and self._proc.poll() is None:
             # the caller gave up (exception, abandoned generator)
             self._proc.terminate()
@@ -320,18 +334,27 @@ class Annex:
     def set_metadata(
         self,
         items: Iterable[tuple[str | os.PathLike, dict[str, str | Sequence[str]]]],
+        *,
+        by_key: bool = False,
     ) -> list[dict]:
-        """Set git-annex metadata fields on annexed files.
+        """Set git-annex metadata fields on annexed files (or keys).
 
         Each given field is set to exactly the given value (or values, for a
         list); fields not mentioned keep theirs. A path that is not an annexed
-        file is a failed item.
+        file is a failed item. With ``by_key``, the items name keys instead
+        of paths: no file is looked up (faster), and the keys need no file
+        yet, so this can run at the same time as :meth:`fromkey`.
         """
+        what = "key" if by_key else "file"
         batch = []
-        for path, fields in items:
-            path = _check_path(path)
+        for target, fields in items:
+            if by_key:
+                target = _check_line_safe("key", str(target))
+                problem = _key_problem(target)
+            else:
+                target = _check_path(target)
+                problem = None
             values = {}
-            problem = None
             for name, value in fields.items():
                 problem = problem or _field_problem(name)
                 if isinstance(value, (list, tuple, set, frozenset)):
@@ -339,12 +362,68 @@ class Annex:
                 else:
                     values[name] = [str(value)]
             if problem:
-                batch.append((None, _failure("metadata", problem, file=path)))
+                batch.append((None, _failure("metadata", problem, **{what: target})))
             else:
-                batch.append((json.dumps({"file": path, "fields": values}),
-                              {"file": path}))
+                batch.append((json.dumps({what: target, "fields": values}),
+                              {what: target}))
         return self._run_ordered(
             ["metadata", "--batch", "--json", "--json-error-messages"], batch)
+
+    def register(
+        self,
+        items: Sequence[tuple[str, str | os.PathLike, str, dict]],
+    ) -> list[dict]:
+        """Register files whose keys are known: file, URL and metadata.
+
+        ``items`` are ``(key, path, url, metadata fields)``. Runs
+        :meth:`fromkey`, :meth:`registerurl` and :meth:`set_metadata` (by
+        key) as three git-annex processes at the same time: each costs
+        git-annex milliseconds per key, mostly in the kernel, and none
+        needs another's result. Returns one record per item, in input
+        order: ``{"file", "key", "url", "success", "error-messages",
+        "metadata-error-messages"}``; an item fails when its file or URL
+        could not be registered (metadata problems are reported but do not
+        fail it). Raises AnnexError like the single methods.
+        """
+        items = [(key, _check_path(path), url, fields) for key, path, url, fields in items]
+        if not items:
+            return []
+        jobs = {
+            "registerurl": (self.registerurl, ([(k, u) for k, _, u, _ in items],), {}),
+            "fromkey": (self.fromkey, ([(k, p) for k, p, _, _ in items],), {}),
+            "metadata": (self.set_metadata, ([(k, f) for k, _, _, f in items],),
+                         {"by_key": True}),
+        }
+        answers: dict[str, list[dict]] = {}
+        errors: list[BaseException] = []
+
+        def run(name):
+            fn, args, kwargs = jobs[name]
+            try:
+                answers[name] = fn(*args, **kwargs)
+            except BaseException as e:  # noqa: BLE001 - re-raised below
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(name,), name=f"annex-{name}")
+                   for name in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        out = []
+        for (key, path, url, _), reg, fk, md in zip(
+                items, answers["registerurl"], answers["fromkey"], answers["metadata"]):
+            msgs = [m for r in (fk, reg) if not r.get("success", True)
+                    for m in (r.get("error-messages") or ["failed"])]
+            out.append({
+                "command": "register", "file": path, "key": key, "url": url,
+                "success": not msgs, "error-messages": msgs,
+                "metadata-error-messages": [] if md.get("success", True)
+                else (md.get("error-messages") or ["failed"]),
+            })
+        return out
 
     def addurls_unknown(
         self, items: Iterable[tuple[str, str | os.PathLike]],
@@ -427,6 +506,43 @@ class Annex:
                     yield _failure("get", "not an annexed file", file=p,
                                    input=[p])
 
+    def reinject(self, files: Sequence[str | os.PathLike]) -> list[dict]:
+        """Move files named by their key into the annex as that key's content.
+
+        ``git annex reinject --guesskeys``: git-annex hashes each file, and
+        only if it matches the key in its name moves it into
+        ``.git/annex/objects`` and records that the content is here; a file
+        that does not match is left where it is (a failed item). The file's
+        symlink in the work tree may exist already (``fromkey``) or come
+        later. This is how verified bulk downloads enter the annex: no file
+        ever appears in the work tree, and the key stays XNAT's.
+
+        Returns one record per file, in input order, with ``"input"``.
+        reinject has no batch mode: one process per ~100 KB of arguments.
+        """
+        paths = [_check_path(os.path.abspath(os.fspath(f))) for f in files]
+        results: dict[str, dict] = {}
+        args = ["reinject", "--guesskeys", "--json", "--json-error-messages"]
+        for chunk in _arg_chunks(paths, 100_000):
+            proc = subprocess.run(
+                ["git-annex", *args, "--", *chunk], cwd=self.path,
+                capture_output=True, text=True, encoding="utf-8",
+                errors="surrogateescape")
+            for line in proc.stdout.splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                for src in record.get("input") or []:
+                    results[src] = record
+            missing = [p for p in chunk if p not in results]
+            if missing:
+                why = proc.stderr.strip() or f"exit code {proc.returncode}"
+                for p in missing:
+                    results[p] = _failure("reinject", f"no answer from git-annex: {why}",
+                                          input=[p])
+        return [results[p] for p in paths]
+
     def find_present(self, paths: Sequence[str | os.PathLike]) -> set[str]:
         """Return those of ``paths`` that are annexed files with content here."""
         lines = [_check_path(p) for p in paths]
@@ -448,7 +564,13 @@ class Annex:
 
     def lookupkey(self, paths: Sequence[str | os.PathLike]) -> list[str | None]:
         """The key of each annexed file (staged or committed), ``None`` if not
-        annexed. One ``git annex lookupkey --batch`` process for all."""
+        annexed. One ``git annex lookupkey --batch`` process for all.
+
+        A git-annex symlink that is not staged yet (``fromkey`` stages in
+        batches: a run killed in the middle leaves some) counts too: git-annex
+        does not look at it, so its key is read from the link target
+        (``.../annex/objects/XX/YY/KEY/KEY``), as git-annex itself would.
+        """
         lines = [_check_path(p) for p in paths]
         if not lines:
             return []
@@ -461,7 +583,18 @@ class Annex:
             raise AnnexError(
                 f"git-annex lookupkey answered {len(answers)} of {len(lines)} "
                 f"paths: {proc.stderr.strip() or '(no error output)'}")
-        return [a.strip() or None for a in answers]
+        return [a.strip() or self._link_key(line) for a, line in zip(answers, lines)]
+
+    def _link_key(self, path: str) -> str | None:
+        try:
+            target = os.readlink(self.path / path)
+        except OSError:
+            return None
+        parts = target.replace(os.sep, "/").split("/")
+        if (len(parts) >= 4 and parts[-1] == parts[-2] and parts[-6:-4] == ["annex", "objects"]
+                and _key_problem(parts[-1]) is None):
+            return parts[-1]
+        return None
 
     def discard(self, paths: Sequence[str | os.PathLike]) -> None:
         """Take files out of the index and the work tree (not committed yet:
