@@ -51,5 +51,20 @@ docs: venv $(TRANSCRIPTS)/.done
 	$(PY) -m sphinx -W --keep-going -E -q -b html docs $(DOCS_BUILD)/html
 	@echo "The documentation is in $(DOCS_BUILD)/html/index.html"
 
+# The benchmark (benchmarks/README.md): the sandbox XNAT with a reference
+# study, and every way of getting it into a dataset, side by side, in a
+# scratch HOME with a private keyring. A quick run:
+#   make bench BENCH_ARGS="--size small"
+# psutil (memory of the whole process tree) is the one extra it needs;
+# datalad-xnat gets a virtualenv of its own under $TMPDIR.
+$(VENV)/.bench: $(VENV)/.installed
+	$(PY) -m pip install -q psutil
+	touch $@
+
+bench: venv secret-service $(VENV)/.bench
+	@home=$$(mktemp -d) && \
+	  HOME=$$home tools/with-keyring $(PY) benchmarks/run.py $(BENCH_ARGS); \
+	  rc=$$?; rm -rf $$home; exit $$rc
+
 clean:
 	rm -rf $(VENV) build *.egg-info
