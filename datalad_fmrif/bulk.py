@@ -395,20 +395,27 @@ def _scan_stored(r: _Reader, take) -> int:
         window = window[keep:]
 
 
-def _entry_name(zip_name: str) -> str | None:
-    """The file's name inside its resource, from an XNAT zip entry name
-    (``{session}/scans/{scan}-{type}/resources/{label}/files/{name}``).
+def _entry_name(zip_name: str, wanted) -> str | None:
+    """The wanted name (a file's name inside its resource) that a zip entry
+    carries, or None.
 
-    None for anything else, and for any name with a ``..`` component, an
-    absolute or a Windows path: such an entry is read past, whatever it
-    holds (the name is only ever compared, never used as a path).
+    XNAT names entries ``{session}/scans/{scan}-{type}/resources/{label}/
+    files/{name}``, but the prefix depends on its version and on the
+    ``structure`` it was asked for, so the entry is matched by the longest
+    trailing run of its path components that is a wanted name. Names that
+    are absolute, Windows paths, or have a ``..`` component never match:
+    such an entry is read past, whatever it holds. The name is only ever
+    compared, never used as a path, and a matched entry is still only
+    taken when its size and MD5 are the file's.
     """
-    if zip_name.startswith("/") or "\\" in zip_name or ".." in zip_name.split("/"):
+    parts = zip_name.split("/")
+    if zip_name.startswith("/") or "\\" in zip_name or ".." in parts:
         return None
-    head, sep, name = zip_name.partition("/files/")
-    if not sep or "/resources/" not in "/" + head or not name or name.endswith("/"):
-        return None
-    return name
+    for i in range(len(parts)):
+        name = "/".join(parts[i:])
+        if name in wanted:
+            return name
+    return None
 
 
 def fetch_resource_zip(
@@ -457,16 +464,16 @@ def fetch_resource_zip(
                          else (lambda n: raw.read(n, decode_content=True)), progress,
                          cancel)
         ctype = response.headers.get("Content-Type", "").lower()
-        if ctype.startswith("text/html") or looks_like_html(reader.peek(512)):
-            fail_rest(f"zip of {folder}: the server sent an HTML page instead of a zip")
-            return written, failed
         remaining = sum(len(fs) for fs in wanted.values())
         try:
+            if ctype.startswith("text/html") or looks_like_html(reader.peek(512)):
+                fail_rest(f"zip of {folder}: the server sent an HTML page instead of a zip")
+                return written, failed
             while remaining:
                 entry = _read_header(reader)
                 if entry is None:
                     break
-                name = _entry_name(entry.name)
+                name = _entry_name(entry.name, wanted)
                 targets = [f for f in wanted.get(name, []) if f.key not in written] \
                     if name is not None else []
                 if not targets:
@@ -496,6 +503,9 @@ def fetch_resource_zip(
         except (_StreamEnded, _BadZip) as e:
             lgr.debug("zip of %s: %s", folder, e)
             fail_rest(f"zip of {folder}: {e}")
+            return written, failed
+        except OSError as e:  # reading breaks as _StreamEnded: this is writing
+            fail_rest(f"zip of {folder}: cannot write a verified file: {e.strerror or e}")
             return written, failed
     fail_rest(f"zip of {folder}: the file was not in the zip")
     return written, failed
@@ -539,12 +549,15 @@ def fetch(
     started = time.monotonic()
     lgr.debug("bulk: %d files of %d resources, %d zips at a time",
               sum(len(g) for g in groups.values()), len(groups), jobs)
-    base = tmp_root(annex.path)
-    base.mkdir(parents=True, exist_ok=True)
-    remove_stale(annex.path)
-    tmpdir = Path(os.path.realpath(
-        base / f"bulk-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"))
-    tmpdir.mkdir()
+    tmpdir = Path(os.path.realpath(tmp_root(annex.path) / (
+        f"bulk-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}")))
+    try:
+        tmpdir.mkdir(parents=True)
+    except OSError as e:
+        for fs in groups.values():
+            for bf in fs:
+                result.failed[bf.path] = f"cannot write to {tmpdir.parent}: {e.strerror or e}"
+        return result
     lock = threading.Lock()
 
     def count(n: int):

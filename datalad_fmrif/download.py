@@ -6,9 +6,11 @@ The order of the steps is what makes an interrupted run harmless:
 
 1. list and plan every session (no change to the dataset);
 2. register the new files with their XNAT keys and URLs (content-less);
-3. fetch content through the ``fmrif`` special remote (``git annex get -J``,
-   verified against XNAT's MD5 by git-annex before it enters the annex);
-4. write the session manifests and commit once, with a run record.
+3. fetch content: one zip stream per scan resource that lacks it (every
+   entry checked against XNAT's size and MD5, :mod:`.bulk`), then whatever
+   a zip did not deliver, and single files, through the ``fmrif`` special
+   remote (``git annex get -J``, verified by git-annex, retried, resumed);
+4. write the session manifests and commit (files, then the run record).
 
 A run killed anywhere leaves at most registered, uncommitted files whose
 keys are XNAT's digests; the next run recognises them and completes the job.
@@ -20,12 +22,13 @@ import logging
 import os
 import shlex
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from . import __version__
+from . import __version__, bulk
 from .annex import Annex
 from .plan import (
     PlanError,
@@ -275,14 +278,13 @@ class Download:
         unknown = [(w, pf) for w in self.work for pf in w.new if not pf.key]
         server = self.options.server
         failures = {}
-        if known:
-            for res in annex.registerurl([(pf.key, server + pf.url_path)
-                                          for _, pf in known]):
-                if not res.get("success", True):
-                    failures[res.get("key")] = _errors(res)
-            for res in annex.fromkey([(pf.key, pf.path) for _, pf in known]):
-                if not res.get("success", True):
-                    failures[res.get("file")] = _errors(res)
+        for res in annex.register([(pf.key, pf.path, server + pf.url_path,
+                                    pf.metadata(w.project)) for w, pf in known]):
+            if not res["success"]:
+                failures[res["file"]] = _errors(res)
+            elif res["metadata-error-messages"]:
+                lgr.warning("could not set metadata of %s: %s", res["file"],
+                            "; ".join(res["metadata-error-messages"]))
         if unknown:
             # no digest from XNAT: the content must be fetched to make a key
             for res in annex.addurls_unknown([(server + pf.url_path, pf.path)
@@ -290,11 +292,11 @@ class Download:
                 if not res.get("success", True):
                     failures[res.get("file")] = _errors(res)
         for w, pf in known + unknown:
-            why = failures.get(pf.path) or failures.get(pf.key)
+            why = failures.get(pf.path)
             if why:
                 w.failed[pf.path] = why
         items = [(pf.path, pf.metadata(w.project))
-                 for w, pf in known + unknown if pf.path not in w.failed]
+                 for w, pf in unknown if pf.path not in w.failed]
         if items:
             for res in annex.set_metadata(items):
                 if not res.get("success", True):
@@ -302,33 +304,57 @@ class Download:
                                 res.get("file"), _errors(res))
 
     def _fetch(self, annex: Annex) -> None:
+        """Content for every planned file that lacks it: zips, then per file.
+
+        The rule (measured in ``benchmarks/``): a scan resource of which at
+        least half the planned files, and at least two, lack content comes
+        as one zip stream, every entry verified (:mod:`.bulk`); everything
+        else, and whatever a zip did not deliver intact, comes per file
+        through the ``fmrif`` special remote, which retries and resumes.
+        """
         from datalad.log import log_progress
 
         todo = [(w, pf) for w in self.work for pf in w.new + w.present
                 if pf.path not in w.failed]
-        if not todo:
+        have = annex.find_present([pf.path for _, pf in todo])
+        missing = [(w, pf) for w, pf in todo if pf.path not in have]
+        if not missing:
             return
-        total = sum(pf.size for _, pf in todo)
-        owner = {pf.path: w for w, pf in todo}
+        owner = {pf.path: w for w, pf in missing}
+        zipped = _bulk_share([pf for w in self.work for pf in w.plan.files],
+                             {pf.path for _, pf in missing})
+        total = sum(pf.size for _, pf in missing)
         pid = f"fmrif-download-{id(self)}"
         log_progress(lgr.info, pid, "Fetching content from %s", self.options.server,
                      total=total, label="Downloading", unit=" Bytes")
-        done = {}
+        lock = threading.Lock()
+
+        def advance(step: int, what: str):
+            if step > 0:
+                with lock:  # zips stream in threads of their own
+                    log_progress(lgr.info, pid, "%s", what, update=step,
+                                 increment=True, noninteractive_level=logging.DEBUG)
+
+        done: dict[str, int] = {}
 
         def progress(record):
             key = record.get("action", {}).get("file") or record.get("file")
             if not key:
                 return
             now = int(record.get("byte-progress", 0) or 0)
-            step = now - done.get(key, 0)
-            done[key] = now
-            if step > 0:
-                log_progress(lgr.info, pid, "%s", key, update=step, increment=True,
-                             noninteractive_level=logging.DEBUG)
+            step, done[key] = now - done.get(key, 0), now
+            advance(step, key)
 
         try:
-            for res in annex.get([pf.path for _, pf in todo],
-                                 jobs=self.options.jobs, progress=progress):
+            fetched: set[str] = set()
+            if zipped:
+                result = bulk.fetch(self.xnat, annex, zipped, jobs=self.options.jobs,
+                                    progress=lambda n: advance(n, "zip"))
+                fetched.update(result.done)
+                for path, why in result.failed.items():
+                    lgr.debug("%s: per file, because %s", path, why)
+            rest = [pf.path for _, pf in missing if pf.path not in fetched]
+            for res in annex.get(rest, jobs=self.options.jobs, progress=progress):
                 path = res.get("file")
                 if path in owner and not res.get("success", False):
                     owner[path].failed[path] = _errors(res) or "transfer failed"
@@ -422,6 +448,7 @@ class Download:
             w.new += [pf for pf in w.present if pf.path in unsaved]
             w.present = [pf for pf in w.present if pf.path not in unsaved]
         if not self.options.no_content:
+            bulk.remove_stale(self.root)  # left by a run that was killed
             self._fetch(annex)
         # a file enters the dataset only with verified content (or, with
         # --no-content, a registration that worked): take out the rest
@@ -488,6 +515,22 @@ def _summary(work: list[_SessionWork]) -> dict:
         sizes["new"] += sum(pf.size for pf in new)
         sizes["present"] += sum(pf.size for pf in w.present)
     return {"counts": counts, "bytes": sizes}
+
+
+def _bulk_share(planned: list, missing: set[str]) -> list:
+    """The planned files to fetch in zips: those lacking content in resources
+    of which at least half the planned files, and at least two, lack it (a
+    zip carries the whole resource, so a few missing files of a large one
+    are cheaper one by one). Files without an XNAT digest never go in bulk."""
+    by_folder: dict[str, list] = {}
+    for pf in planned:
+        by_folder.setdefault(pf.url_path.partition("/files/")[0], []).append(pf)
+    share = []
+    for files in by_folder.values():
+        lacking = [pf for pf in files if pf.path in missing and pf.key and pf.md5]
+        if len(lacking) >= 2 and 2 * len(lacking) >= len(files):
+            share += lacking
+    return share
 
 
 def _unsaved(root: Path) -> set[str]:

@@ -69,7 +69,32 @@ def expected_files(sb, subjects, excluded=("REQUISITION", "SCREEN-SAVE", "SAVE")
 
 
 def file_gets(sb):
+    """Requests for the content of one file."""
     return [r for r in sb.requests if r.method == "GET" and "/files/" in r.path]
+
+
+def zip_gets(sb):
+    """Requests for the zip of a whole resource."""
+    return [r for r in sb.requests if r.method == "GET" and r.path.endswith("/files")
+            and r.query.get("format") == "zip"]
+
+
+def content_gets(sb):
+    """Every request for file content, one by one or zipped."""
+    return file_gets(sb) + zip_gets(sb)
+
+
+#: the path of every resource's zip (and of nothing else)
+ZIP_PATH = r"/resources/[^/]+/files$"
+
+
+def break_zips(sb):
+    """Make every zip stream break off after its first bytes, so that
+    fmrif-download fetches every file one by one through the special remote:
+    for tests of that path (its retries, resumes, checks, logins)."""
+    from datalad_fmrif.sandbox import Fault
+
+    return sb.add_fault(Fault("reset", path=ZIP_PATH, after_bytes=64, times=None))
 
 
 def manifests(ds) -> dict:

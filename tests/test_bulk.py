@@ -137,6 +137,17 @@ def test_broken_stream_keeps_what_arrived_intact(sb, xnat, out):
     assert not any(p.name.endswith(".part") for p in out.iterdir())
 
 
+@pytest.mark.parametrize("after", [0, 40])
+def test_stream_broken_at_its_start(sb, xnat, out, after):
+    # before the first byte, or inside the first entry's header
+    files = bulk_files(sb)
+    sb.add_fault(Fault("reset", path=r"/files$", after_bytes=after))
+    written, failed = fetch_resource_zip(xnat, files[0].folder, files, out)
+    assert written == {}
+    assert set(failed) == {f.path for f in files}
+    assert all("broke off" in why or "ended" in why for why in failed.values())
+
+
 def test_error_page_instead_of_zip(sb, xnat, out):
     files = bulk_files(sb)
     sb.add_fault(Fault("html200", path=r"/files$"))
@@ -253,6 +264,21 @@ def test_hostile_names_are_never_written(tmp_path):
     found = {p.name for p in tmp_path.rglob("*") if p.is_file()}
     assert found == {files[0].key}
     assert not (tmp_path.parent / "evil.dcm").exists()
+
+
+@pytest.mark.parametrize("prefix", ["", "E123/", "E123/scans/1/resources/DICOM/",
+                                    "x/files/y/"])
+def test_entry_names_of_any_structure_match_by_their_tail(tmp_path, prefix):
+    # XNAT's zip layout depends on its version and the `structure` asked for;
+    # a file in a subfolder of the resource keeps its subfolder
+    a, b = os.urandom(1000), os.urandom(1000)
+    data = make_zip([(prefix + "a.dcm", a), (prefix + "sub/b.dcm", b),
+                     (prefix + "c.dcm", b)], seekable=False)
+    files = [planned("a.dcm", a), planned("sub/b.dcm", b)]
+    written, failed = fetch_resource_zip(_FakeXnat(data), FOLDER, files, tmp_path)
+    assert failed == {}
+    assert written[files[0].key].read_bytes() == a
+    assert written[files[1].key].read_bytes() == b
 
 
 def test_truncated_and_garbage_streams(tmp_path):

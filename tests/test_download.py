@@ -20,6 +20,7 @@ from helpers import (
     annexed_files,
     by_status,
     download,
+    content_gets,
     expected_files,
     file_gets,
     git,
@@ -27,6 +28,7 @@ from helpers import (
     manifests,
     pseudonymous_list,
     subjects_csv,
+    zip_gets,
 )
 
 
@@ -75,13 +77,16 @@ def test_download_with_pseudonyms(tmp_path, sb, ds):
     # the requests: a bounded number of listings, nothing per file but content
     catalog = [r for r in sb.requests
                if r.path.startswith(("/data/projects", "/data/experiments"))
-               and "/files/" not in r.path]
+               and r not in content_gets(sb)]
     # one subject listing for the project, one per subject, two per session
     assert len(catalog) == 1 + len(subs) + 2 * n_sessions
     logins = [r for r in sb.requests if r.path == "/data/services/auth"]
     assert 1 <= len(logins) <= 1 + 4  # this process + at most -J remote processes
     assert not [r for r in sb.requests if r.method == "HEAD"]
-    assert len(file_gets(sb)) == len(want)
+    # content: one zip per scan (each holds many files), none one by one
+    assert file_gets(sb) == []
+    zips = sorted(r.path for r in zip_gets(sb))
+    assert len(zips) == len(set(zips)) == len({os.path.dirname(p) for p in got.values()})
 
     # whereis shows the XNAT URL; metadata finds files by scan type
     some = sorted(got.values())[0]
@@ -114,7 +119,7 @@ def test_rerun_fetches_nothing_and_new_session_is_picked_up(tmp_path, sb, ds):
     sb.clear_requests()
     res = download(ds, sb, csv)
     assert {r["status"] for r in res if r.get("type") == "session"} == {"notneeded"}
-    assert file_gets(sb) == []
+    assert content_gets(sb) == []
     assert git(ds, "rev-parse", "HEAD") == head  # nothing new: no commit
 
     added = sb.study.add_session(subs[0].id)
@@ -128,8 +133,13 @@ def test_rerun_fetches_nothing_and_new_session_is_picked_up(tmp_path, sb, ds):
         assert after[sid] == doc
     n = len(sb.study.sessions(subs[0].id))
     assert after[added.id]["session"]["name"] == f"{n:02d}"
-    assert len(file_gets(sb)) == len(expected_files(sb, subs)) - sum(
+    # only the new session's content, one zip per scan
+    new_files = [f for f in after[added.id]["files"]]
+    assert len(new_files) == len(expected_files(sb, subs)) - sum(
         len(d["files"]) for d in before.values())
+    assert file_gets(sb) == []
+    assert len(zip_gets(sb)) == len({os.path.dirname(f["path"]) for f in new_files})
+    assert all(f"/experiments/{added.id}/" in r.path for r in zip_gets(sb))
 
 
 def test_changed_digest_is_reported_not_replaced(tmp_path, sb, ds):
@@ -157,7 +167,7 @@ def test_no_content_then_get_and_drop(tmp_path, sb, ds):
     sb.clear_requests()
     res = download(ds, sb, csv, no_content=True)
     assert by_status(res, "session").keys() == {"ok"}
-    assert file_gets(sb) == []
+    assert content_gets(sb) == []
     files = annexed_files(ds)
     assert files
     assert git(ds, "annex", "find", "--in", "here") == ""
@@ -269,7 +279,7 @@ def test_dry_run_changes_nothing(tmp_path, sb, ds):
     ok = by_status(res, "session")["ok"]
     assert sum(r["files_new"] for r in ok) == len(expected_files(sb, subs))
     assert all("would download" in r["message"] for r in ok)
-    assert file_gets(sb) == []
+    assert content_gets(sb) == []
     assert git(ds, "rev-parse", "HEAD") == head
     assert git(ds, "status", "--porcelain") == ""
 
@@ -324,7 +334,9 @@ def test_digest_mismatch_is_caught_and_nothing_bad_committed(tmp_path, sb, ds):
 
 def test_interrupted_run_is_repaired(tmp_path, secret_service, state_dir):
     spec = StudySpec(seed=2, subjects=2, files_per_scan=8, file_size=4096)
-    with Sandbox(spec, latency=0.01) as sb:
+    # slow streams: each zip takes about a second, so there is a run to kill
+    # while zips stream and verified files go into the annex
+    with Sandbox(spec, latency=0.01, bandwidth=40_000) as sb:
         name = default_credential_name(sb.url)
         CredentialStore().set(name, sb.user, sb.password, realm=sb.url)
         ds = dl.create(tmp_path / "study", result_renderer="disabled")
@@ -337,12 +349,13 @@ def test_interrupted_run_is_repaired(tmp_path, secret_service, state_dir):
             proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, start_new_session=True)
             deadline = time.time() + 60
-            while (len(file_gets(sb)) < 10 and time.time() < deadline
+            while (len(content_gets(sb)) < 4 and time.time() < deadline
                    and proc.poll() is None):
                 time.sleep(0.05)
             assert proc.poll() is None, "the download ended before it was killed"
             os.killpg(proc.pid, sig)
             assert proc.wait(timeout=60) != 0
+        sb.bandwidth = None
         res = download(ds, sb, csv)
         assert not [r for r in res if r["status"] in ("error", "impossible")], res
         want = expected_files(sb, subs)
@@ -352,6 +365,9 @@ def test_interrupted_run_is_repaired(tmp_path, secret_service, state_dir):
                               capture_output=True, text=True)
         assert fsck.returncode == 0, fsck.stdout[-2000:]
         assert git(ds, "status", "--porcelain") == ""
+        # the killed runs' temporary files are gone
+        tmp = ds.pathobj / ".git" / "fmrif" / "tmp"
+        assert not tmp.exists() or list(tmp.iterdir()) == []
 
 
 def test_pseudonym_file_session_column_and_stdin(tmp_path, sb, ds):

@@ -334,6 +334,10 @@ def test_a_lying_server(tmp_path, secret_service, state_dir, evil):
         f5 = files[e[4].id][0]
         sb.add_fault(Fault("status", path=f"/files/{f5.name}$", status=302, times=None,
                            headers={"Location": f"{evil.url}/steal/{f5.name}"}))
+        # ... and so is the zip of its scan
+        sb.add_fault(Fault("status", path=at(e[4], f"/scans/{f5.scan_id}/resources/[^/]+/files"),
+                           status=302, times=None,
+                           headers={"Location": f"{evil.url}/steal/scan.zip"}))
         # 6: a Name with traversal (the URI is what counts) and a garbage digest
         f6 = files[e[5].id][0]
         sb.add_fault(Fault("body", path=at(e[5], "/scans/ALL/files"), body=_rewrite_rows(

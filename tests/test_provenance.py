@@ -11,8 +11,8 @@ from datalad.local.rerun import get_run_info
 from helpers import (
     annexed_files,
     by_status,
+    content_gets,
     download,
-    file_gets,
     git,
     manifests,
     pseudonymous_list,
@@ -85,7 +85,7 @@ def test_rerun_of_a_download_commit_fetches_only_what_is_new(tmp_path, sb, ds):
     kinds = git(ds, "ls-files", "-s", "sub-P01").split("\n")
     assert all(line.startswith("120000") for line in kinds if line)  # symlinks
     assert added.id in manifests(ds)
-    gets = file_gets(sb)
+    gets = content_gets(sb)
     assert gets and all(f"/experiments/{added.id}/" in r.path for r in gets)
     # the repeated run made its own record (rerun adds a merge commit on top)
     records = [get_run_info(ds, git(ds, "log", "-1", "--format=%B", rev))[1]
@@ -130,7 +130,7 @@ def test_fmrif_status_reports_changed_deleted_and_new(tmp_path, sb, ds):
     assert [r["xnat_session_id"] for r in states["untracked"]
             if r["type"] == "session"] == [added.id]
     # same budget as a download, nothing per file
-    assert not file_gets(sb)
+    assert not content_gets(sb)
     assert git(ds, "rev-parse", "HEAD") == head
     assert git(ds, "status", "--porcelain") == ""
 

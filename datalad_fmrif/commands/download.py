@@ -59,7 +59,8 @@ class FmrifDownload(ValidatedInterface):
     Dashboard -> Subjects -> Download CSV), a hand-edited version of it, or a
     plain list with one subject label per line. Every file is registered with
     its XNAT MD5 as its git-annex key and its XNAT URL, its content is fetched
-    in parallel and verified against that digest, and the run is committed
+    (one zip stream per scan, what a zip did not deliver one file at a
+    time) and every file is verified against that digest, and the run is committed
     with a machine-readable record of where everything came from. Files can
     be dropped and fetched again later with 'datalad get', here or in a
     clone, through the 'fmrif' git-annex special remote.
@@ -161,8 +162,8 @@ class FmrifDownload(ValidatedInterface):
         jobs=Parameter(
             args=("-J", "--jobs"),
             metavar="N",
-            doc="""parallel transfers (1-32); the default is low to be polite
-            to the server."""),
+            doc="""parallel transfers (1-32): zip streams of scans, or single
+            files; the default is low to be polite to the server."""),
         dry_run=Parameter(
             args=("--dry-run",),
             action="store_true",
