@@ -90,7 +90,7 @@ SIZES = {
 # subject counts of the --no-content scale test, and the files per scan of
 # the memory test (1x and 10x that, one subject)
 SCALE_SUBJECTS = {"small": (10, 50), "reference": (10, 100, 1000), "large": (10, 100, 1000)}
-MEMORY_FILES = {"small": 10, "reference": 100, "large": 200}
+MEMORY_FILES = {"small": 10, "reference": 50, "large": 100}
 
 
 def spec_for(subjects, sessions, scans, files, file_size) -> StudySpec:
@@ -422,14 +422,14 @@ def get_vs_curl(bench: Bench, sb: Sandbox, ds: Path, facts: StudyFacts,
 
 
 def scale(bench: Bench) -> list[Run]:
-    """--no-content for 10, 100, 1,000 subjects: 2 sessions of 6 scans with
-    one 4 KiB file each, so that the time per subject is about subjects and
-    sessions (listings, planning, registration), not bytes. Subject counts
-    above 100 run once."""
+    """--no-content for 10, 100, 1,000 subjects: one session of 6 scans with
+    one 4 KiB file each (5 taken), so that the time per subject is about
+    subjects and sessions (listings, planning, registration), not files.
+    Subject counts above 100 run once."""
     o = bench.opts
     runs = []
     for n in o.scale:
-        with Sandbox(spec_for(n, 2, 6, 1, 4096), latency=o.latency) as sb:
+        with Sandbox(spec_for(n, 1, 6, 1, 4096), latency=o.latency) as sb:
             bench.store_credential(sb)
             facts = study_facts(sb)
             inputs = bench.inputs(sb, facts, f"scale{n}")
@@ -652,9 +652,9 @@ def parse(argv=None):
     p.add_argument("--once", default="datalad-xnat",
                    help="comma-separated ways that run in the first round only "
                         "(default: datalad-xnat, which takes minutes)")
-    p.add_argument("--xnat-timeout", type=float, default=600,
+    p.add_argument("--xnat-timeout", type=float, default=300,
                    help="stop a datalad-xnat run after this many seconds and report it as "
-                        "a lower bound (default 600; 0: no limit)")
+                        "a lower bound (default 300; 0: no limit)")
     p.add_argument("--latency", type=float, default=0.02, help="seconds per request (0.02)")
     p.add_argument("--jobs", type=int, default=4, help="parallel streams of limit, get and curl")
     p.add_argument("--ways", default="limit,tutorial,datalad-xnat,fmrif,fmrif-nc",
