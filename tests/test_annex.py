@@ -365,3 +365,43 @@ def test_lookupkey_reports_keys_and_non_annexed(tmp_path):
     keys = Annex(ds.path).lookupkey(["big.dat", "plain.txt", "missing"])
     assert keys[0] and keys[0].startswith("MD5E-s100--")
     assert keys[1:] == [None, None]
+
+
+def test_link_makes_what_fromkey_makes(ds, server):
+    names = [f"sub-01/scan-{i % 3}/f{i:02d}.dcm" for i in range(30)]
+    files = make_files(server, names)
+    annex = Annex(ds)
+    # fromkey and link side by side, for the same keys at other paths
+    by_fromkey = annex.fromkey((k, "fk/" + p) for k, _, p, _ in files)
+    by_link = annex.link((k, p) for k, _, p, _ in files)
+    assert_all_ok(by_fromkey + by_link)
+    assert [r["file"] for r in by_link] == names
+    for (key, _, path, _), r in zip(files, by_link):
+        assert r["key"] == key
+        # the same link git-annex makes, relative to its own directory
+        assert os.readlink(ds / path) == os.readlink(ds / "fk" / path).replace("../", "", 1)
+    assert annex.lookupkey(names) == [k for k, _, _, _ in files]
+    staged = git(ds, "diff", "--cached", "--name-only", "-z").split("\0")
+    assert set(names) <= set(staged)
+    # the same link again succeeds; another file in the way is a failed item
+    (ds / "other.dcm").write_text("mine")
+    again = annex.link([(files[0][0], names[0]), (files[1][0], "other.dcm"),
+                        ("not a key", "x.dcm")])
+    assert [r["success"] for r in again] == [True, False, False]
+    assert (ds / "other.dcm").read_text() == "mine"
+    # content fetched later lands behind the link and verifies
+    annex.registerurl((k, u) for k, u, _, _ in files)
+    assert_all_ok(annex.get(names[:3]))
+    assert (ds / names[0]).read_bytes() == files[0][3]
+    dl.save(dataset=ds, path=[str(ds / n) for n in names], message="link",
+            result_renderer="disabled")
+    fsck = subprocess.run(["git", "annex", "fsck", "--fast", *names[:3]], cwd=ds,
+                          capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_link_is_fromkey_where_files_are_no_plain_links(ds, server, annex_log):
+    git(ds, "config", "annex.crippledfilesystem", "true")
+    files = make_files(server, ["a.dcm"])
+    assert_all_ok(Annex(ds).link((k, p) for k, _, p, _ in files))
+    assert any(" fromkey " in f" {line} " for line in logged(annex_log))
