@@ -48,7 +48,7 @@ from pathlib import Path
 
 lgr = logging.getLogger("datalad.fmrif.annex")
 
-__all__ = ["Annex", "AnnexError"]
+__all__ = ["Annex", "AnnexError", "Registration"]
 
 # Key syntax git-annex accepts in batch input: BACKEND, optional fields
 # (-s size, -m mtime, -S chunk size, -C chunk number), "--", name.
@@ -235,6 +235,58 @@ class _BatchProcess:
         # a non-zero exit with every item answered only means that some items
         # failed; those are in the records
         lgr.debug("%s exited with %d: %s", self.command, rc, self.stderr)
+
+
+class Registration:
+    """A registration in progress (:meth:`Annex.register`).
+
+    ``links``: the record of each item's file, there at once. :meth:`wait`
+    waits for the URLs and metadata and returns one record per item, in
+    input order: ``{"file", "key", "url", "success", "error-messages",
+    "metadata-error-messages"}``; an item fails when its file or URL could
+    not be registered (metadata problems are reported but do not fail it).
+    It raises AnnexError like the single methods.
+    """
+
+    def __init__(self, items: list, links: list[dict], jobs: dict):
+        self.items = items
+        self.links = links
+        self._answers: dict[str, list[dict]] = {}
+        self._errors: list[BaseException] = []
+        self._result: list[dict] | None = None
+        self._threads = [threading.Thread(target=self._run, args=(name, job),
+                                          name=f"annex-{name}")
+                         for name, job in jobs.items()] if items else []
+        for t in self._threads:
+            t.start()
+
+    def _run(self, name: str, job) -> None:
+        try:
+            self._answers[name] = job()
+        except BaseException as e:  # noqa: BLE001 - raised by wait()
+            self._errors.append(e)
+
+    def wait(self) -> list[dict]:
+        if self._result is not None:
+            return self._result
+        for t in self._threads:
+            t.join()
+        if self._errors:
+            raise self._errors[0]
+        out = []
+        for i, ((key, path, url, _), fk) in enumerate(zip(self.items, self.links)):
+            reg = self._answers["registerurl"][i]
+            md = self._answers["metadata"][i]
+            msgs = [m for r in (fk, reg) if not r.get("success", True)
+                    for m in (r.get("error-messages") or ["failed"])]
+            out.append({
+                "command": "register", "file": path, "key": key, "url": url,
+                "success": not msgs, "error-messages": msgs,
+                "metadata-error-messages": [] if md.get("success", True)
+                else (md.get("error-messages") or ["failed"]),
+            })
+        self._result = out
+        return out
 
 
 class Annex:
@@ -459,58 +511,25 @@ class Annex:
     def register(
         self,
         items: Sequence[tuple[str, str | os.PathLike, str, dict]],
-    ) -> list[dict]:
+    ) -> Registration:
         """Register files whose keys are known: file, URL and metadata.
 
-        ``items`` are ``(key, path, url, metadata fields)``. Runs
-        :meth:`link` (the files), :meth:`registerurl` and
-        :meth:`set_metadata` (by key) at the same time: the last two cost
-        git-annex milliseconds per key, mostly in the kernel, and none
-        needs another's result. Returns one record per item, in input
-        order: ``{"file", "key", "url", "success", "error-messages",
-        "metadata-error-messages"}``; an item fails when its file or URL
-        could not be registered (metadata problems are reported but do not
-        fail it). Raises AnnexError like the single methods.
+        ``items`` are ``(key, path, url, metadata fields)``. The files are
+        made at once (:meth:`link`, fast); their URLs (:meth:`registerurl`)
+        and metadata (:meth:`set_metadata` by key) are recorded by two
+        git-annex processes that run in the background, because git-annex
+        needs milliseconds per key for each, and content can stream
+        meanwhile (into the annex by key, :meth:`reinject`). Call
+        :meth:`Registration.wait` before anything that needs the URLs
+        (:meth:`get`) and before committing.
         """
         items = [(key, _check_path(path), url, fields) for key, path, url, fields in items]
-        if not items:
-            return []
-        jobs = {
-            "registerurl": (self.registerurl, ([(k, u) for k, _, u, _ in items],), {}),
-            "fromkey": (self.link, ([(k, p) for k, p, _, _ in items],), {}),
-            "metadata": (self.set_metadata, ([(k, f) for k, _, _, f in items],),
-                         {"by_key": True}),
-        }
-        answers: dict[str, list[dict]] = {}
-        errors: list[BaseException] = []
-
-        def run(name):
-            fn, args, kwargs = jobs[name]
-            try:
-                answers[name] = fn(*args, **kwargs)
-            except BaseException as e:  # noqa: BLE001 - re-raised below
-                errors.append(e)
-
-        threads = [threading.Thread(target=run, args=(name,), name=f"annex-{name}")
-                   for name in jobs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        out = []
-        for (key, path, url, _), reg, fk, md in zip(
-                items, answers["registerurl"], answers["fromkey"], answers["metadata"]):
-            msgs = [m for r in (fk, reg) if not r.get("success", True)
-                    for m in (r.get("error-messages") or ["failed"])]
-            out.append({
-                "command": "register", "file": path, "key": key, "url": url,
-                "success": not msgs, "error-messages": msgs,
-                "metadata-error-messages": [] if md.get("success", True)
-                else (md.get("error-messages") or ["failed"]),
-            })
-        return out
+        links = self.link([(k, p) for k, p, _, _ in items]) if items else []
+        return Registration(items, links, {
+            "registerurl": lambda: self.registerurl([(k, u) for k, _, u, _ in items]),
+            "metadata": lambda: self.set_metadata([(k, f) for k, _, _, f in items],
+                                                  by_key=True),
+        })
 
     def addurls_unknown(
         self, items: Iterable[tuple[str, str | os.PathLike]],

@@ -109,6 +109,8 @@ class Download:
         self.assigned = assigned_names(self.manifests)
         self.time = now_iso()
         self.work: list[_SessionWork] = []
+        self._registration = None  # of the new files, see _register
+        self._registering: list = []
 
     # -- results ------------------------------------------------------------
 
@@ -274,27 +276,25 @@ class Download:
     # -- 2. and 3. register and fetch -------------------------------------------
 
     def _register(self, annex: Annex) -> None:
+        """Make the new files now; their URLs and metadata are recorded in the
+        background (:meth:`_registered` waits), while content streams."""
         known = [(w, pf) for w in self.work for pf in w.new if pf.key]
         unknown = [(w, pf) for w in self.work for pf in w.new if not pf.key]
         server = self.options.server
-        failures = {}
-        for res in annex.register([(pf.key, pf.path, server + pf.url_path,
-                                    pf.metadata(w.project)) for w, pf in known]):
-            if not res["success"]:
-                failures[res["file"]] = _errors(res)
-            elif res["metadata-error-messages"]:
-                lgr.warning("could not set metadata of %s: %s", res["file"],
-                            "; ".join(res["metadata-error-messages"]))
-        if unknown:
-            # no digest from XNAT: the content must be fetched to make a key
-            for res in annex.addurls_unknown([(server + pf.url_path, pf.path)
-                                              for _, pf in unknown]):
-                if not res.get("success", True):
-                    failures[res.get("file")] = _errors(res)
-        for w, pf in known + unknown:
-            why = failures.get(pf.path)
-            if why:
-                w.failed[pf.path] = why
+        self._registration = annex.register([
+            (pf.key, pf.path, server + pf.url_path, pf.metadata(w.project))
+            for w, pf in known])
+        self._registering = known
+        for (w, pf), res in zip(known, self._registration.links):
+            if not res.get("success", True):
+                w.failed[pf.path] = _errors(res)
+        if not unknown:
+            return
+        # no digest from XNAT: the content must be fetched to make a key
+        for (w, pf), res in zip(unknown, annex.addurls_unknown(
+                [(server + pf.url_path, pf.path) for _, pf in unknown])):
+            if not res.get("success", True):
+                w.failed[pf.path] = _errors(res)
         items = [(pf.path, pf.metadata(w.project))
                  for w, pf in unknown if pf.path not in w.failed]
         if items:
@@ -302,6 +302,17 @@ class Download:
                 if not res.get("success", True):
                     lgr.warning("could not set metadata of %s: %s",
                                 res.get("file"), _errors(res))
+
+    def _registered(self) -> None:
+        """Wait for the URLs and metadata of the new files (see _register)."""
+        if self._registration is None:
+            return
+        for (w, pf), res in zip(self._registering, self._registration.wait()):
+            if not res["success"]:
+                w.failed.setdefault(pf.path, _errors(res))
+            elif res["metadata-error-messages"]:
+                lgr.warning("could not set metadata of %s: %s", res["file"],
+                            "; ".join(res["metadata-error-messages"]))
 
     def _fetch(self, annex: Annex) -> None:
         """Content for every planned file that lacks it: zips, then per file.
@@ -353,7 +364,9 @@ class Download:
                 fetched.update(result.done)
                 for path, why in result.failed.items():
                     lgr.debug("%s: per file, because %s", path, why)
-            rest = [pf.path for _, pf in missing if pf.path not in fetched]
+            self._registered()  # the special remote needs the URLs
+            rest = [pf.path for w, pf in missing
+                    if pf.path not in fetched and pf.path not in w.failed]
             for res in annex.get(rest, jobs=self.options.jobs, progress=progress):
                 path = res.get("file")
                 if path in owner and not res.get("success", False):
@@ -450,6 +463,7 @@ class Download:
         if not self.options.no_content:
             bulk.remove_stale(self.root)  # left by a run that was killed
             self._fetch(annex)
+        self._registered()
         # a file enters the dataset only with verified content (or, with
         # --no-content, a registration that worked): take out the rest
         annex.discard([path for w in self.work for pf in w.new
