@@ -33,6 +33,7 @@ written, with the machine it ran on, to benchmarks/results/<size>.txt and
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -143,6 +144,7 @@ class Run:
     request_kinds: dict = field(default_factory=dict)  # "GET /data/.../{E}/..." -> count
     tree_mb: float | None = None  # peak of the summed PSS of the process tree
     largest_mb: float | None = None  # peak RSS of its largest process
+    largest_process: str | None = None  # its command line (the start of it)
     load1: float | None = None  # 1-minute load average at the start
     detail: dict = field(default_factory=dict)
 
@@ -197,6 +199,7 @@ class TreeSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.interval = pid, interval
         self.tree = self.largest = 0
+        self.largest_name = None
         self._done = threading.Event()
 
     def run(self):
@@ -216,7 +219,12 @@ class TreeSampler(threading.Thread):
                 except psutil.Error:
                     continue
                 total += getattr(full, "pss", full.rss)
-                self.largest = max(self.largest, full.rss)
+                if full.rss > self.largest:
+                    self.largest = full.rss
+                    try:
+                        self.largest_name = " ".join(p.cmdline()[:3])[:80]
+                    except psutil.Error:
+                        pass
             self.tree = max(self.tree, total)
             self._done.wait(self.interval)
 
@@ -257,7 +265,8 @@ def run_way(sb: Sandbox, way: str, args: dict, label: str | None = None, round_n
     run = Run(way=label, round=round_no, ok=res["ok"], error=res["error"], wall_s=round(wall, 3),
               timed_out=timed_out, cpu_s=res.get("cpu_s"), requests=kinds,
               request_kinds=patterns, tree_mb=round(sampler.tree / 2**20, 1),
-              largest_mb=round(sampler.largest / 2**20, 1), load1=round(load1, 2),
+              largest_mb=round(sampler.largest / 2**20, 1), largest_process=sampler.largest_name,
+              load1=round(load1, 2),
               detail=res.get("detail") or {})
     status = "ok" if run.ok else f"FAILED: {run.error}"
     print(f"  {label:<14} round {round_no}: {run.wall_s:8.2f} s  cpu {run.cpu_s or 0:7.1f} s"
@@ -480,13 +489,19 @@ def machine() -> dict:
 
 
 def package_state() -> str:
-    """Which datalad-fmrif the fmrif ways ran: the commit, and whether the
-    package had uncommitted changes (the venv is an editable install)."""
+    """Which datalad-fmrif the fmrif ways run: the commit, whether the
+    package has uncommitted changes (the venv is an editable install), and a
+    digest of its files, so that a change during the run shows."""
     def git(*a):
         return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     dirty = git("status", "--porcelain", "--", "datalad_fmrif")
-    return commit + (" + uncommitted changes in datalad_fmrif/" if dirty else "")
+    digest = hashlib.sha1()
+    for f in sorted((REPO / "datalad_fmrif").rglob("*")):
+        if f.is_file() and "__pycache__" not in f.parts:
+            digest.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes())
+    return (commit + (" + uncommitted changes in datalad_fmrif/" if dirty else "")
+            + f" (files {digest.hexdigest()[:10]})")
 
 
 def summarize(runs: list[Run]) -> dict:
@@ -606,7 +621,9 @@ def table(summary: dict, tgts: list[dict], meta: dict) -> str:
         f"load average (1 min): {meta['load_start']:.2f} at start, {meta['load_end']:.2f} at end, "
         f"{meta['load_min']:.2f}-{meta['load_max']:.2f} at the starts of runs; "
         f"{meta['duration_s'] / 60:.0f} min in all",
-        f"datalad-fmrif: {meta['package']}",
+        f"datalad-fmrif: {meta['package']}" + (  # [-18:]: the digest of its files
+            "" if meta["package"][-18:] == meta["package_at_start"][-18:] else
+            f"; its files CHANGED DURING THE RUN, at its start: {meta['package_at_start']}"),
         "",
     ]
     head = (f"{'way':<17} {'median s':>9} {'x limit':>7} {'CPU s':>6} {'runs':>4} {'files':>6} "
@@ -699,7 +716,7 @@ def main(argv=None) -> int:
         compileall.compile_dir(str(d), quiet=1)
     bench = Bench(opts)
     size = SIZES[opts.size]
-    started, load_start = time.time(), os.getloadavg()[0]
+    started, load_start, package_at_start = time.time(), os.getloadavg()[0], package_state()
     try:
         with Sandbox(spec_for(**size), latency=opts.latency) as sb:
             bench.store_credential(sb)
@@ -726,7 +743,7 @@ def main(argv=None) -> int:
         "size": opts.size, "latency": opts.latency, "rounds": opts.rounds, "jobs": opts.jobs,
         "study": {"files": facts.files, "bytes": facts.bytes, "subjects": len(facts.subjects),
                   "sessions": len(facts.sessions), "spec": size},
-        "machine": machine(), "package": package_state(),
+        "machine": machine(), "package": package_state(), "package_at_start": package_at_start,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": round(time.time() - started, 1),
         "load_start": load_start, "load_end": os.getloadavg()[0],
