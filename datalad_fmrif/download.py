@@ -453,13 +453,15 @@ class Download:
         if any(w.new for w in self.work) or (
                 not self.options.no_content and any(w.present for w in self.work)):
             ensure_remote(annex, self.options.server, self.options.credential)
-        self._register(annex)
         # what an interrupted run registered but did not commit is finished
-        # (or, without its content, taken out again) like a new file
+        # (or, without its content, taken out again) like a new file, and
+        # registered again: that run may have died, or met a full disk,
+        # before git-annex recorded its URLs and metadata
         unsaved = _unsaved(self.root)
         for w in self.work:
             w.new += [pf for pf in w.present if pf.path in unsaved]
             w.present = [pf for pf in w.present if pf.path not in unsaved]
+        self._register(annex)
         if not self.options.no_content:
             bulk.remove_stale(self.root)  # left by a run that was killed
             self._fetch(annex)
