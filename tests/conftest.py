@@ -107,15 +107,13 @@ def state_dir(tmp_path, monkeypatch):
 @pytest.fixture
 def sb(secret_service, state_dir):
     """A small sandbox whose demo credential is stored in the real keyring."""
-    from datalad_fmrif.credentials import CredentialStore, default_credential_name
-    from datalad_fmrif.sandbox import Sandbox, StudySpec
+    from helpers import keyring_sandbox
 
-    with Sandbox(StudySpec(seed=1, subjects=3, files_per_scan=3, file_size=4096)) as box:
-        name = default_credential_name(box.url)
-        store = CredentialStore()
-        store.set(name, box.user, box.password, realm=box.url)
+    from datalad_fmrif.sandbox import StudySpec
+
+    with keyring_sandbox(StudySpec(seed=1, subjects=3, files_per_scan=3,
+                                   file_size=4096)) as box:
         yield box
-        store.remove(name)
 
 
 @pytest.fixture

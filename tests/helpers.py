@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from pathlib import Path
@@ -102,3 +103,21 @@ def manifests(ds) -> dict:
     return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
 
 
+
+
+@contextlib.contextmanager
+def keyring_sandbox(spec=None, **kwargs):
+    """A sandbox XNAT whose user's credential is in the keyring, as after
+    fmrif-login; the credential is removed and faults cleared afterwards."""
+    from datalad_fmrif.credentials import CredentialStore, default_credential_name
+    from datalad_fmrif.sandbox import Sandbox
+
+    with Sandbox(spec, **kwargs) as sb:
+        name = default_credential_name(sb.url)
+        store = CredentialStore()
+        store.set(name, sb.user, sb.password, realm=sb.url)
+        try:
+            yield sb
+        finally:
+            sb.clear_faults()
+            store.remove(name)

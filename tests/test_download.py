@@ -13,17 +13,18 @@ from pathlib import Path
 
 import datalad.api as dl
 
-from datalad_fmrif.credentials import CredentialStore, default_credential_name
-from datalad_fmrif.sandbox import Sandbox, StudySpec
+from datalad_fmrif.credentials import default_credential_name
+from datalad_fmrif.sandbox import StudySpec
 from helpers import (
     PROJECT,
     annexed_files,
     by_status,
-    download,
     content_gets,
+    download,
     expected_files,
     file_gets,
     git,
+    keyring_sandbox,
     main_subjects,
     manifests,
     pseudonymous_list,
@@ -336,9 +337,7 @@ def test_interrupted_run_is_repaired(tmp_path, secret_service, state_dir):
     spec = StudySpec(seed=2, subjects=2, files_per_scan=8, file_size=4096)
     # slow streams: each zip takes over a second, so there is a run to kill
     # while zips stream and verified files go into the annex
-    with Sandbox(spec, latency=0.01, bandwidth=20_000) as sb:
-        name = default_credential_name(sb.url)
-        CredentialStore().set(name, sb.user, sb.password, realm=sb.url)
+    with keyring_sandbox(spec, latency=0.01, bandwidth=20_000) as sb:
         ds = dl.create(tmp_path / "study", result_renderer="disabled")
         csv, subs = pseudonymous_list(tmp_path, sb, n=2)
         datalad = str(Path(sys.executable).with_name("datalad"))

@@ -23,9 +23,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import PROJECT, git, manifests, subjects_csv
+from helpers import PROJECT, git, keyring_sandbox, manifests, subjects_csv
 
-from datalad_fmrif.credentials import CredentialStore, default_credential_name
 from datalad_fmrif.sandbox import Fault, Sandbox, StudySpec
 
 HOSTILE = Path(__file__).parent / "data" / "hostile"
@@ -153,16 +152,7 @@ def snapshot(root: Path) -> dict[str, tuple]:
     return found
 
 
-@contextlib.contextmanager
-def sandbox(spec, **kwargs):
-    with Sandbox(spec, **kwargs) as sb:
-        name = default_credential_name(sb.url)
-        store = CredentialStore()
-        store.set(name, sb.user, sb.password, realm=sb.url)
-        try:
-            yield sb
-        finally:
-            store.remove(name)
+sandbox = keyring_sandbox
 
 
 # -- subject lists --------------------------------------------------------------------------

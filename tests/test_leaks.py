@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import secrets
 import shutil
@@ -29,10 +28,9 @@ from urllib.parse import quote, quote_plus
 
 import datalad.api as dl
 import pytest
-from helpers import PROJECT, break_zips, content_gets, git, subjects_csv
+from helpers import PROJECT, break_zips, content_gets, git, keyring_sandbox, subjects_csv
 
-from datalad_fmrif.credentials import CredentialStore, default_credential_name
-from datalad_fmrif.sandbox import Sandbox, StudySpec
+from datalad_fmrif.sandbox import StudySpec
 
 BIN = Path(sys.executable).parent
 DATALAD = str(BIN / "datalad")
@@ -40,17 +38,9 @@ SPEC = StudySpec(seed=10, subjects=2, sessions_per_subject=(1, 2), scans_per_ses
                  files_per_scan=2, file_size=4096)
 
 
-@contextlib.contextmanager
 def sandbox(spec=SPEC, *, user="demo", password="demo-password", **kwargs):
     """A sandbox whose user's password is in the keyring (fmrif-login done)."""
-    with Sandbox(spec, users={user: password}, **kwargs) as sb:
-        name = default_credential_name(sb.url)
-        store = CredentialStore()
-        store.set(name, user, password, realm=sb.url)
-        try:
-            yield sb
-        finally:
-            store.remove(name)
+    return keyring_sandbox(spec, users={user: password}, **kwargs)
 
 
 def pseudonymous_csv(tmp_path, sb):

@@ -27,10 +27,9 @@ from pathlib import Path
 import datalad.api as dl
 import pytest
 from helpers import (PROJECT, ZIP_PATH, break_zips, by_status, content_gets, download, git,
-                     file_gets, manifests, pseudonymous_list)
+                     file_gets, keyring_sandbox, manifests, pseudonymous_list)
 
-from datalad_fmrif.credentials import CredentialStore, default_credential_name
-from datalad_fmrif.sandbox import Fault, Sandbox, StudySpec
+from datalad_fmrif.sandbox import Fault, StudySpec
 
 DATALAD = str(Path(sys.executable).parent / "datalad")
 EXCLUDED = ("REQUISITION", "SCREEN-SAVE", "SAVE")
@@ -43,18 +42,9 @@ SMALL = StudySpec(seed=3, subjects=1, sessions_per_subject=(2, 2), scans_per_ses
 # -- helpers ---------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
 def sandbox(spec=SMALL, **kwargs):
     """A sandbox whose demo credential is in the keyring (as after fmrif-login)."""
-    with Sandbox(spec, **kwargs) as sb:
-        name = default_credential_name(sb.url)
-        store = CredentialStore()
-        store.set(name, sb.user, sb.password, realm=sb.url)
-        try:
-            yield sb
-        finally:
-            sb.clear_faults()
-            store.remove(name)
+    return keyring_sandbox(spec, **kwargs)
 
 
 @pytest.fixture
