@@ -43,12 +43,16 @@ import os
 import re
 import subprocess
 import threading
+import time
+import uuid as uuidlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+from .annexlog import BranchLogs, field_problem, log_files, url_ok
+
 lgr = logging.getLogger("datalad.fmrif.annex")
 
-__all__ = ["Annex", "AnnexError", "Registration"]
+__all__ = ["Annex", "AnnexError", "Ingest"]
 
 # Key syntax git-annex accepts in batch input: BACKEND, optional fields
 # (-s size, -m mtime, -S chunk size, -C chunk number), "--", name.
@@ -58,6 +62,22 @@ _KEY_RE = re.compile(r"[A-Za-z0-9_]+(?:-[smSC][0-9]+)*--[^\s/]+")
 
 # Keep this much of a process's stderr for error messages.
 _STDERR_KEEP = 64 * 1024
+
+# The UUID git-annex gives its web remote (URLs no special remote claims).
+WEB_UUID = "00000000-0000-0000-0000-000000000001"
+
+# Where records for the git-annex branch wait to be merged: git-annex merges
+# every ref whose name ends in "/git-annex" into its branch (as it does a
+# remote's), so one under refs/fmrif/ is merged and never shown as a branch.
+LOGS_REFS = "refs/fmrif/"
+
+# Verified content handed to ``git annex reinject`` goes in batches of about
+# this many files, so that git-annex works while more content arrives.
+INJECT_BATCH = 400
+
+
+def _true(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("true", "yes", "on", "1")
 
 
 class AnnexError(RuntimeError):
@@ -87,7 +107,7 @@ def _check_path(path: str | os.PathLike) -> str:
 
 def _check_url(url: str) -> str:
     _check_line_safe("URL", url)
-    if not url or any(c.isspace() for c in url):
+    if not url_ok(url):
         raise AnnexError(
             f"URL {url!r} is empty or contains whitespace (percent-encode it); "
             "nothing was registered")
@@ -100,12 +120,6 @@ def _key_problem(key: str) -> str | None:
     return f"not a valid git-annex key: {key!r}"
 
 
-def _field_problem(name: str) -> str | None:
-    # git-annex allows letters, digits and "_-." in metadata field names
-    if name and all(c.isalnum() or c in "_-." for c in name):
-        return None
-    return (f"not a valid git-annex metadata field name: {name!r} "
-            "(letters, digits, '_', '-', '.' only)")
 
 
 def _arg_chunks(items: Sequence[str], max_chars: int) -> Iterator[list[str]]:
@@ -237,58 +251,6 @@ class _BatchProcess:
         lgr.debug("%s exited with %d: %s", self.command, rc, self.stderr)
 
 
-class Registration:
-    """A registration in progress (:meth:`Annex.register`).
-
-    ``links``: the record of each item's file, there at once. :meth:`wait`
-    waits for the URLs and metadata and returns one record per item, in
-    input order: ``{"file", "key", "url", "success", "error-messages",
-    "metadata-error-messages"}``; an item fails when its file or URL could
-    not be registered (metadata problems are reported but do not fail it).
-    It raises AnnexError like the single methods.
-    """
-
-    def __init__(self, items: list, links: list[dict], jobs: dict):
-        self.items = items
-        self.links = links
-        self._answers: dict[str, list[dict]] = {}
-        self._errors: list[BaseException] = []
-        self._result: list[dict] | None = None
-        self._threads = [threading.Thread(target=self._run, args=(name, job),
-                                          name=f"annex-{name}")
-                         for name, job in jobs.items()] if items else []
-        for t in self._threads:
-            t.start()
-
-    def _run(self, name: str, job) -> None:
-        try:
-            self._answers[name] = job()
-        except BaseException as e:  # noqa: BLE001 - raised by wait()
-            self._errors.append(e)
-
-    def wait(self) -> list[dict]:
-        if self._result is not None:
-            return self._result
-        for t in self._threads:
-            t.join()
-        if self._errors:
-            raise self._errors[0]
-        out = []
-        for i, ((key, path, url, _), fk) in enumerate(zip(self.items, self.links)):
-            reg = self._answers["registerurl"][i]
-            md = self._answers["metadata"][i]
-            msgs = [m for r in (fk, reg) if not r.get("success", True)
-                    for m in (r.get("error-messages") or ["failed"])]
-            out.append({
-                "command": "register", "file": path, "key": key, "url": url,
-                "success": not msgs, "error-messages": msgs,
-                "metadata-error-messages": [] if md.get("success", True)
-                else (md.get("error-messages") or ["failed"]),
-            })
-        self._result = out
-        return out
-
-
 class Annex:
     """Batched operations on the git-annex repository at ``path``.
 
@@ -304,6 +266,7 @@ class Annex:
         self.path = Path(path)
         if not self.path.is_dir():
             raise AnnexError(f"no repository at {self.path}")
+        self._where: dict[str, tuple[str, str]] = {}  # key -> see _examine
 
     def __repr__(self) -> str:
         return f"Annex({str(self.path)!r})"
@@ -402,7 +365,10 @@ class Annex:
         :meth:`fromkey`: a path that exists with the same link succeeds, one
         that exists otherwise is a failed item. Where annexed files are not
         plain symlinks (a crippled file system, an adjusted branch, no
-        symlinks), this is :meth:`fromkey`.
+        symlinks), this is :meth:`fromkey`. The links' blobs are written in
+        one pack (``git fast-import``) before they are staged, so that git
+        does not write a loose object for each (thousands of files, on a
+        slow disk, and a ``git gc`` at the next commit).
         """
         items = []
         for key, path in pairs:
@@ -413,7 +379,7 @@ class Annex:
             return self.fromkey([(k, p) for k, p, _ in items])
         keys = [k for k, _, problem in items if not problem]
         objects = iter(self._object_paths(keys))
-        results, made = [], []
+        results, made, targets = [], [], set()
         for key, path, problem in items:
             if problem:
                 results.append(_failure("fromkey", problem, key=key, file=path))
@@ -424,6 +390,7 @@ class Annex:
                 full.parent.mkdir(parents=True, exist_ok=True)
                 os.symlink(target, full)
                 made.append(path)
+                targets.add(target)
             except FileExistsError:
                 if not (full.is_symlink() and os.readlink(full) == target):
                     results.append(_failure("fromkey", "a different file is already "
@@ -437,6 +404,10 @@ class Annex:
             results.append({"command": "fromkey", "success": True, "key": key,
                             "file": path, "error-messages": []})
         if made:
+            # the links' blobs first go into one pack, so that git finds them
+            # there instead of writing a loose object for each
+            self._fast_import(b"".join(
+                b"blob\ndata %d\n%s\n" % (len(t), t) for t in map(os.fsencode, targets)))
             proc = subprocess.run(
                 ["git", "update-index", "--add", "-z", "--stdin"], cwd=self.path,
                 input="\0".join(made) + "\0", capture_output=True, text=True,
@@ -446,29 +417,238 @@ class Annex:
                                  f"files: {proc.stderr.strip() or proc.returncode}")
         return results
 
+    def _config(self) -> dict[str, str]:
+        """The repository's git configuration, as git reads it now."""
+        out = subprocess.run(["git", "config", "-z", "--list"], cwd=self.path,
+                             capture_output=True, text=True, encoding="utf-8",
+                             errors="surrogateescape").stdout
+        config = {}
+        for entry in out.split("\0"):
+            name, _, value = entry.partition("\n")
+            if name:
+                config[name] = value
+        return config
+
     def _plain_links(self) -> bool:
         """Whether annexed files here are plain symlinks into the annex."""
-        def git(*args) -> str:
-            return subprocess.run(["git", *args], cwd=self.path, capture_output=True,
-                                  text=True).stdout.strip()
-        if os.name == "nt" or git("config", "--type=bool", "core.symlinks") == "false":
+        config = self._config()
+        if os.name == "nt" or config.get("core.symlinks", "true").lower() in (
+                "false", "no", "off", "0"):
             return False
-        if git("config", "--type=bool", "annex.crippledfilesystem") == "true":
+        if _true(config.get("annex.crippledfilesystem")):
             return False
-        return not git("symbolic-ref", "-q", "HEAD").startswith("refs/heads/adjusted/")
+        head = subprocess.run(["git", "symbolic-ref", "-q", "HEAD"], cwd=self.path,
+                              capture_output=True, text=True).stdout.strip()
+        return not head.startswith("refs/heads/adjusted/")
+
+    def _logs_direct(self, remote: str | None = None) -> bool:
+        """Whether records may go to the git-annex branch directly (:meth:`write_logs`).
+
+        Not in a private repository, nor about a private remote (git-annex
+        keeps such records out of the branch), nor with a tuned layout of
+        the branch (``annex.tune.*``).
+        """
+        config = self._config()
+        if _true(config.get("annex.private")) or (
+                remote and _true(config.get(f"remote.{remote}.annex-private"))):
+            return False
+        return not any(name.startswith("annex.tune.") for name in config)
+
+    def _content_direct(self) -> bool:
+        """Whether verified content may be moved into ``.git/annex/objects``
+        here as git-annex would (:class:`Ingest`): plain symlinks, no shared
+        repository permissions, no hooks of the user's to freeze content."""
+        config = self._config()
+        shared = config.get("core.sharedrepository", "false").lower()
+        return (self._plain_links() and self._logs_direct()
+                and shared in ("false", "umask", "0", "no", "off")
+                and not config.get("annex.freezecontent-command")
+                and not config.get("annex.thawcontent-command"))
+
+    def uuid(self, remote: str | None = None) -> str:
+        """The git-annex UUID of this repository, or of a remote of it."""
+        name = f"remote.{remote}.annex-uuid" if remote else "annex.uuid"
+        value = self._config().get(name, "")
+        if not value:
+            raise AnnexError(f"git config has no {name}: is "
+                             f"{'the remote ' + remote if remote else 'git-annex'} "
+                             "set up here?")
+        return value
+
+    def _examine(self, keys: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """Each key's ``(hashdirlower, objectpath)``: where its logs are in the
+        git-annex branch, and where its content is in the annex (relative to
+        the root). One ``git annex examinekey --batch`` for the keys not
+        asked about before."""
+        keys = list(dict.fromkeys(keys))
+        unknown = [k for k in keys if k not in self._where]
+        if unknown:
+            with self._batch(["examinekey", "--batch",
+                              "--format=${hashdirlower} ${objectpath}\n"], unknown) as proc:
+                answers = [line.rstrip("\n").split(" ", 1) for line in proc.lines()]
+            if len(answers) != len(unknown) or not all(
+                    len(a) == 2 and a[1].replace(os.sep, "/").split("/")[-1] == k
+                    for a, k in zip(answers, unknown)):
+                raise AnnexError("git-annex examinekey did not name a location for "
+                                 "every key")
+            self._where.update((k, (a[0], a[1])) for k, a in zip(unknown, answers))
+        return {k: self._where[k] for k in keys}
 
     def _object_paths(self, keys: Sequence[str]) -> list[str]:
         """``.git/annex/objects/...`` path of each key (relative to the root)."""
+        where = self._examine(keys)
+        return [where[k][1] for k in keys]
+
+    # -- the git-annex branch -------------------------------------------------------
+
+    def write_logs(self, logs: BranchLogs) -> None:
+        """Add records to the git-annex branch: one commit, merged by git-annex.
+
+        git-annex writes each record of its own as a journal file and then a
+        loose object: milliseconds per record on a local disk, and three
+        records per file (URL, location, metadata) cost 45 s for 8,000 files.
+        Here all records go into one pack (``git fast-import``), as a commit
+        on top of the git-annex branch, of a ref ``refs/fmrif/<id>/git-annex``
+        that git-annex then merges into its branch as it merges a remote's
+        git-annex branch (its internals documentation recommends exactly this
+        way of changing the branch). A log file that exists gets the new
+        lines after its own, so the commit is what git-annex's union merge
+        makes of it: git-annex fast-forwards to it, and where its branch has
+        moved meanwhile, the union merge keeps every line of both. Once
+        merged, the ref is deleted; a ref left by a killed run is merged by
+        the next git-annex command all the same. Only for a repository where
+        :meth:`_logs_direct` holds.
+        """
+        keys = logs.keys
         if not keys:
-            return []
-        with self._batch(["examinekey", "--batch", "--format=${objectpath}\n"],
-                         list(keys)) as proc:
-            paths = [line.rstrip("\n") for line in proc.lines()]
-        if len(paths) != len(keys) or not all(
-                p.replace(os.sep, "/").split("/")[-1] == k for p, k in zip(paths, keys)):
-            raise AnnexError("git-annex examinekey did not name an object path for "
-                             "every key")
-        return paths
+            return
+        bad = next((k for k in keys if _key_problem(k)), None)
+        if bad is not None:
+            raise AnnexError(f"{_key_problem(bad)}; nothing was recorded")
+        now = time.time()
+        hashdirs = {k: where[0] for k, where in self._examine(keys).items()}
+        files = dict(log_files(logs, hashdirs, now))
+        parent = subprocess.run(
+            ["git", "rev-parse", "--verify", "-q", "refs/heads/git-annex^{commit}"],
+            cwd=self.path, capture_output=True, text=True).stdout.strip()
+        before = self._branch_files(parent, files) if parent else {}
+        ref = f"{LOGS_REFS}{uuidlib.uuid4().hex}/git-annex"
+        message = f"datalad-fmrif: records of {len(keys)} annexed keys\n".encode()
+        stream = [b"feature done\n",
+                  f"commit {ref}\ncommitter {self._committer(now)}\n".encode(),
+                  b"data %d\n" % len(message), message]
+        if parent:
+            stream.append(f"from {parent}\n".encode())
+        for path, lines in files.items():
+            content = before.get(path, b"") + lines
+            stream.append(b"M 100644 inline %s\ndata %d\n%s\n" % (
+                path.encode(), len(content), content))
+        stream.append(b"\ndone\n")
+        self._fast_import(b"".join(stream))
+        self._merge_logs(ref, keys[0])
+
+    def _branch_files(self, commit: str, paths) -> dict[str, bytes]:
+        """The content of those of ``paths`` that ``commit`` has (one listing
+        of its tree, then the blobs by name: looking up each path in a
+        tree of thousands of entries costs git half a millisecond)."""
+        listing = subprocess.run(["git", "ls-tree", "-r", "-z", "--full-tree", commit],
+                                 cwd=self.path, capture_output=True).stdout
+        blobs = []  # (blob, path): log files of the same content share a blob
+        for entry in listing.split(b"\0"):
+            meta, _, name = entry.partition(b"\t")
+            path = name.decode("utf-8", "surrogateescape")
+            if path in paths:
+                _, kind, sha = meta.split()
+                if kind == b"blob":
+                    blobs.append((sha, path))
+        if not blobs:
+            return {}
+        out = subprocess.run(["git", "cat-file", "--batch"], cwd=self.path,
+                             input=b"".join(sha + b"\n" for sha, _ in blobs),
+                             capture_output=True).stdout
+        content, pos = {}, 0
+        for _, path in blobs:
+            end = out.index(b"\n", pos)
+            size = int(out[pos:end].split()[2])
+            data = out[end + 1:end + 1 + size]
+            content[path] = data if data.endswith(b"\n") or not data else data + b"\n"
+            pos = end + 2 + size
+        return content
+
+    def _committer(self, now: float) -> str:
+        ident = subprocess.run(["git", "var", "GIT_COMMITTER_IDENT"], cwd=self.path,
+                               capture_output=True, text=True).stdout.strip()
+        return ident or f"datalad-fmrif <datalad-fmrif@localhost> {int(now)} +0000"
+
+    def _fast_import(self, stream: bytes) -> None:
+        proc = subprocess.run(["git", "fast-import", "--quiet"], cwd=self.path,
+                              input=stream, capture_output=True)
+        if proc.returncode != 0:
+            raise AnnexError("git fast-import failed: "
+                             + proc.stderr.decode(errors="replace").strip()[-2000:])
+
+    def _merge_logs(self, ref: str, key: str) -> None:
+        """Have git-annex merge ``ref`` (any command that reads a key's logs
+        does; ``-c``: even where automatic merging is switched off), then
+        delete every merged ref under ``refs/fmrif/``."""
+        proc = subprocess.run(
+            ["git-annex", "metadata", "-c", "annex.merge-annex-branches=true",
+             "--json", "--key", key], cwd=self.path, capture_output=True, text=True)
+        refs = subprocess.run(
+            ["git", "for-each-ref", "--format=%(objectname) %(refname)", LOGS_REFS],
+            cwd=self.path, capture_output=True, text=True).stdout.split()
+        merged = []
+        for sha, name in zip(refs[::2], refs[1::2]):
+            if subprocess.run(["git", "merge-base", "--is-ancestor", sha,
+                               "refs/heads/git-annex"], cwd=self.path).returncode == 0:
+                merged.append((name, sha))
+            elif name == ref:
+                raise AnnexError(
+                    "git-annex did not merge the new records into its branch: "
+                    + (proc.stderr.strip() or f"exit code {proc.returncode}"))
+        if merged:
+            subprocess.run(["git", "update-ref", "--stdin"], cwd=self.path, text=True,
+                           input="".join(f"delete {n} {sha}\n" for n, sha in merged),
+                           capture_output=True)
+
+    def record_present(self, keys: Iterable[str]) -> None:
+        """Record in the location log that this repository has these keys'
+        content: for content :class:`Ingest` moved in itself (git-annex
+        records what it moves in)."""
+        keys = list(keys)
+        if keys and self._logs_direct():
+            logs = BranchLogs()
+            here = self.uuid()
+            for key in keys:
+                logs.add_present(key, here)
+            self.write_logs(logs)
+
+    def unrecorded_keys(self) -> Path:
+        """The file where :class:`Ingest` lists each key before it moves the
+        key's content in, until it has recorded it: what a killed run leaves
+        there, :meth:`record_unrecorded` records."""
+        gitdir = subprocess.run(["git", "rev-parse", "--absolute-git-dir"], cwd=self.path,
+                                capture_output=True, text=True).stdout.strip()
+        if not gitdir:
+            raise AnnexError(f"{self.path} is not a git repository")
+        return Path(gitdir) / "fmrif" / "unrecorded-keys"
+
+    def record_unrecorded(self) -> None:
+        """Record the content that a killed run moved into the annex but did
+        not live to record (see :meth:`unrecorded_keys`)."""
+        listing = self.unrecorded_keys()
+        try:
+            keys = [k for k in dict.fromkeys(listing.read_text().split())
+                    if _key_problem(k) is None]
+        except FileNotFoundError:
+            return
+        where = self._examine(keys)
+        self.record_present(k for k in keys if (self.path / where[k][1]).is_file())
+        listing.unlink(missing_ok=True)
+
+    def ingest(self, keys: Iterable[str]) -> "Ingest":
+        """Take verified content of ``keys`` into the annex: see :class:`Ingest`."""
+        return Ingest(self, list(keys))
 
     def set_metadata(
         self,
@@ -495,7 +675,7 @@ class Annex:
                 problem = None
             values = {}
             for name, value in fields.items():
-                problem = problem or _field_problem(name)
+                problem = problem or field_problem(name)
                 if isinstance(value, (list, tuple, set, frozenset)):
                     values[name] = [str(v) for v in value]
                 else:
@@ -511,25 +691,61 @@ class Annex:
     def register(
         self,
         items: Sequence[tuple[str, str | os.PathLike, str, dict]],
-    ) -> Registration:
+        *,
+        remote: str | None = None,
+    ) -> list[dict]:
         """Register files whose keys are known: file, URL and metadata.
 
-        ``items`` are ``(key, path, url, metadata fields)``. The files are
-        made at once (:meth:`link`, fast); their URLs (:meth:`registerurl`)
-        and metadata (:meth:`set_metadata` by key) are recorded by two
-        git-annex processes that run in the background, because git-annex
-        needs milliseconds per key for each, and content can stream
-        meanwhile (into the annex by key, :meth:`reinject`). Call
-        :meth:`Registration.wait` before anything that needs the URLs
-        (:meth:`get`) and before committing.
+        ``items`` are ``(key, path, url, metadata fields)``; ``remote`` is
+        the special remote that claims the URLs (``None``: git-annex's web
+        remote). The files are made by :meth:`link`. Their URLs, the
+        remote's possession of the keys and the metadata are what ``git
+        annex registerurl`` and ``git annex metadata`` record, written in
+        one commit (:meth:`write_logs`) where the branch takes that, else by
+        those two commands.
+
+        Returns one record per item, in input order: ``{"file", "key",
+        "url", "success", "error-messages", "metadata-error-messages"}``; an
+        item fails when its file could not be made or its URL not recorded
+        (metadata problems are reported but do not fail it).
         """
-        items = [(key, _check_path(path), url, fields) for key, path, url, fields in items]
-        links = self.link([(k, p) for k, p, _, _ in items]) if items else []
-        return Registration(items, links, {
-            "registerurl": lambda: self.registerurl([(k, u) for k, _, u, _ in items]),
-            "metadata": lambda: self.set_metadata([(k, f) for k, _, _, f in items],
-                                                  by_key=True),
-        })
+        items = [(key, _check_path(path), _check_url(url), fields)
+                 for key, path, url, fields in items]
+        if not items:
+            return []
+        links = self.link([(k, p) for k, p, _, _ in items])
+        made = [(item, fk) for item, fk in zip(items, links) if fk.get("success")]
+        if self._logs_direct(remote):
+            logs = BranchLogs()
+            uuid = self.uuid(remote) if remote else WEB_UUID
+            url_answers, md_answers = [], []
+            for (key, _, url, fields), _ in made:
+                logs.add_present(key, uuid)
+                logs.add_url(key, url, claimed=remote is not None)
+                problem = next(filter(None, map(field_problem, fields)), None)
+                if problem is None:
+                    logs.add_metadata(key, fields)
+                url_answers.append({"success": True})
+                md_answers.append(_failure("metadata", problem) if problem
+                                  else {"success": True})
+            self.write_logs(logs)
+        else:
+            url_answers = self.registerurl([(k, u) for (k, _, u, _), _ in made])
+            md_answers = self.set_metadata([(k, f) for (k, _, _, f), _ in made],
+                                           by_key=True)
+        answers = {id(fk): (reg, md) for (_, fk), reg, md in zip(made, url_answers, md_answers)}
+        out = []
+        for (key, path, url, _), fk in zip(items, links):
+            reg, md = answers.get(id(fk), ({"success": True}, {"success": True}))
+            msgs = [m for r in (fk, reg) if not r.get("success", True)
+                    for m in (r.get("error-messages") or ["failed"])]
+            out.append({
+                "command": "register", "file": path, "key": key, "url": url,
+                "success": not msgs, "error-messages": msgs,
+                "metadata-error-messages": [] if md.get("success", True)
+                else (md.get("error-messages") or ["failed"]),
+            })
+        return out
 
     def addurls_unknown(
         self, items: Iterable[tuple[str, str | os.PathLike]],
@@ -723,3 +939,137 @@ class Annex:
             while parent != self.path and parent.is_dir() and not any(parent.iterdir()):
                 parent.rmdir()
                 parent = parent.parent
+
+
+class Ingest:
+    """Verified content entering the annex under its key (:meth:`Annex.ingest`).
+
+    :meth:`add` takes a file whose size and MD5 the caller has checked while
+    writing it (a verified zip entry), for one of the ``keys`` given at the
+    start. Use as a context manager; :attr:`results` then has, for every key
+    added, ``None`` (the content is in the annex) or why not.
+
+    Where :meth:`Annex._content_direct` holds, the file is moved into
+    ``.git/annex/objects`` at once and made read-only there, as git-annex
+    does, and on leaving the block the location log records all of them in
+    one commit (:meth:`Annex.write_logs`): the content is not hashed again,
+    and no git-annex process runs per batch. Each key is listed in
+    :meth:`Annex.unrecorded_keys` before its content moves, so that what a
+    killed run moved in is recorded by the next (:meth:`Annex.record_unrecorded`). Elsewhere (an adjusted branch, a
+    shared repository, hooks that freeze content) files go to ``git annex
+    reinject --guesskeys`` in batches of ``INJECT_BATCH`` from a background
+    thread, and git-annex hashes them again.
+
+    :meth:`add` may be called from several threads at once.
+    """
+
+    def __init__(self, annex: Annex, keys: list[str]):
+        self.annex = annex
+        self.results: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+        self._direct = annex._content_direct()
+        self._objects = {k: where[1] for k, where in annex._examine(keys).items()} \
+            if self._direct else {}
+        self._listing = None
+        if self._direct:
+            path = annex.unrecorded_keys()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._listing = open(path, "a", encoding="ascii")
+        self._queue: list[tuple[str, Path]] = []
+        self._ready = threading.Condition(self._lock)
+        self._closing = False
+        self._worker = None
+        if not self._direct:
+            self._worker = threading.Thread(target=self._reinject_batches, daemon=True,
+                                            name="fmrif-annex-reinject")
+            self._worker.start()
+
+    def __enter__(self) -> "Ingest":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def add(self, key: str, path: Path, *, size: int, md5: str) -> None:
+        """Take the file at ``path`` (size and MD5 verified) as ``key``'s content."""
+        if not (key.startswith(f"MD5E-s{size}--{md5}") or key == f"MD5-s{size}--{md5}"):
+            self._done(key, f"the file checked as {size} bytes, MD5 {md5} is not "
+                       f"the content of {key}")
+            return
+        if not self._direct:
+            with self._ready:
+                self._queue.append((key, Path(path)))
+                self._ready.notify()
+            return
+        try:
+            self._move_in(key, Path(path))
+        except OSError as e:
+            self._done(key, f"cannot move the verified file into the annex: "
+                       f"{e.strerror or e}")
+        else:
+            self._done(key, None)
+
+    def _move_in(self, key: str, src: Path) -> None:
+        obj = self.annex.path / self._objects[key]
+        with self._lock:  # listed before it moves: a kill cannot lose it
+            self._listing.write(key + "\n")
+            self._listing.flush()
+        keydir = obj.parent
+        keydir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            keydir.mkdir()
+        except FileExistsError:
+            if obj.exists():  # the content is here already
+                src.unlink()
+                return
+            keydir.chmod(keydir.stat().st_mode | 0o200)
+        src.chmod(src.stat().st_mode & ~0o222)
+        os.replace(src, obj)
+        keydir.chmod(keydir.stat().st_mode & ~0o222)
+
+    def _done(self, key: str, why: str | None) -> None:
+        with self._lock:
+            # a key taken once stays taken (two files may share content)
+            if self.results.get(key, "") is not None:
+                self.results[key] = why
+
+    def _reinject_batches(self) -> None:
+        while True:
+            with self._ready:
+                self._ready.wait_for(lambda: len(self._queue) >= INJECT_BATCH
+                                     or self._closing, timeout=0.05)
+                batch, self._queue = self._queue, []
+                last = self._closing
+            if batch:
+                self._reinject(dict(batch))
+            if last and not batch:
+                return
+
+    def _reinject(self, files: dict[str, Path]) -> None:
+        keys = {str(p): k for k, p in files.items()}
+        for rec in self.annex.reinject(list(files.values())):
+            key = keys.get((rec.get("input") or [None])[0]) or rec.get("key")
+            if key is None:
+                continue
+            msgs = "; ".join(m.strip() for m in rec.get("error-messages") or [] if m.strip())
+            self._done(key, None if rec.get("success") else
+                       f"git-annex did not take the verified file: {msgs or 'reinject failed'}")
+        for key in files:
+            if key not in self.results:
+                self._done(key, "git-annex reinject gave no answer for this file")
+
+    def close(self) -> None:
+        """Wait for every file added; in direct mode, record them as here."""
+        if self._worker is not None:
+            with self._ready:
+                self._closing = True
+                self._ready.notify()
+            self._worker.join()
+            self._worker = None
+            return
+        if not self._direct:
+            return
+        self._direct = False  # once
+        self.annex.record_present(k for k, why in self.results.items() if why is None)
+        self._listing.close()
+        Path(self._listing.name).unlink(missing_ok=True)

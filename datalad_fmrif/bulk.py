@@ -13,14 +13,16 @@ Entries are matched to the planned files by their name inside the resource;
 an entry that is not wanted (a file of the resource the dataset already has,
 a name with ``../``, anything unexpected) is read past and never written.
 The entry name never becomes a path: a verified entry is written to a
-temporary file named by its key, and only git-annex puts it anywhere.
+temporary file named by its key, and only the annex layer puts it anywhere.
 
-Verified files go into the annex with ``git annex reinject --guesskeys``
-(:meth:`Annex.reinject`): git-annex checks each file against its key once
-more and moves it into ``.git/annex/objects``. Nothing is ever written to the
-work tree here (the files' symlinks come from registration, ``fromkey``), and
-temporary files live in ``.git/fmrif/tmp``, so an interrupted run leaves no
-stray file in the dataset.
+Verified files go into the annex under their key (:meth:`Annex.ingest`):
+moved into ``.git/annex/objects`` and recorded in the location log, without
+being hashed a second time, or where the repository needs git-annex to do
+that, through ``git annex reinject --guesskeys``, which checks each file
+against its key once more. Nothing is ever written to the work tree here
+(the files' symlinks come from registration), and temporary files live in
+``.git/fmrif/tmp``, so an interrupted run leaves no stray file in the
+dataset.
 
 Whatever a zip lacked or got wrong (a wrong digest, a stream that broke off,
 an error page) is returned as failed, with the reason, for the caller to
@@ -33,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import queue
 import shutil
 import struct
 import threading
@@ -63,10 +64,6 @@ __all__ = [
 ]
 
 CHUNK = 1 << 20
-
-# reinject gets the verified files of finished resources in batches of
-# about this many, so that git-annex works while the next zips stream
-INJECT_BATCH = 400
 
 _LOCAL = 0x04034B50  # local file header
 _CENTRAL = 0x02014B50  # central directory: no more entries
@@ -526,9 +523,9 @@ def fetch(
     ``files`` are :class:`~datalad_fmrif.plan.PlannedFile` (or
     :class:`BulkFile`) of files already registered or about to be (their
     symlinks may come before or after: content is stored under the key).
-    ``jobs`` zips stream at a time; verified entries go into the annex in
-    batches while the next zips stream. ``progress`` is called with the
-    number of zip bytes read since the last call.
+    ``jobs`` zips stream at a time; the verified entries of each go into the
+    annex when it ends (:meth:`Annex.ingest`). ``progress`` is called with
+    the number of zip bytes read since the last call.
 
     Returns what is in the annex now and, for the caller to fetch per file,
     what is not and why. Files without an XNAT digest are never fetched in
@@ -566,63 +563,37 @@ def fetch(
         if progress is not None:
             progress(n)
 
-    ready: queue.Queue = queue.Queue()
-    injected: dict[str, str | None] = {}  # key -> None (ok) or reason
-
-    def injector():
-        """Move verified files into the annex while further zips stream."""
-        done = False
-        while not done:
-            batch = {}
-            item = ready.get()
-            while True:
-                if item is None:
-                    done = True
-                else:
-                    batch.update(item)
-                if len(batch) >= INJECT_BATCH or done:
-                    break
-                try:
-                    item = ready.get(timeout=0.05 if batch else None)
-                except queue.Empty:
-                    break
-            if batch:
-                t0 = time.monotonic()
-                for key, why in _inject(annex, batch).items():
-                    injected[key] = why
-                lgr.debug("bulk: %d files into the annex in %.2fs", len(batch),
-                          time.monotonic() - t0)
-
-    worker = threading.Thread(target=injector, name="fmrif-bulk-inject", daemon=True)
-    worker.start()
-
     cancel = threading.Event()
+    sizes = {bf.key: (bf.size, bf.md5) for fs in groups.values() for bf in fs}
 
-    def one(folder: str):
-        written, failed = fetch_resource_zip(xnat, folder, groups[folder], tmpdir, count,
-                                             cancel)
+    def one(index: int, folder: str, ingest):
+        written, failed = fetch_resource_zip(xnat, folder, groups[folder],
+                                             tmpdir / str(index), count, cancel)
         with lock:
             result.zips += 1
             result.failed.update(failed)
-        if written:
-            ready.put(written)
+        for key, path in written.items():
+            size, md5 = sizes[key]
+            ingest.add(key, path, size=size, md5=md5)
 
     pool = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="fmrif-bulk")
     try:
-        for fut in [pool.submit(one, folder) for folder in groups]:
-            fut.result()  # re-raises CredentialRejected (and bugs)
-    except BaseException:
-        cancel.set()
-        raise
+        with annex.ingest(by_key) as ingest:
+            try:
+                for fut in [pool.submit(one, i, folder, ingest)
+                            for i, folder in enumerate(groups)]:
+                    fut.result()  # re-raises CredentialRejected (and bugs)
+            except BaseException:
+                cancel.set()
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        ready.put(None)
-        worker.join()
         shutil.rmtree(tmpdir, ignore_errors=True)
     for key, paths in by_key.items():
-        if key not in injected:
+        if key not in ingest.results:
             continue
-        why = injected[key]
+        why = ingest.results[key]
         for path in paths:
             if why is None:
                 result.failed.pop(path, None)
@@ -634,21 +605,3 @@ def fetch(
               result.bytes, time.monotonic() - started)
     return result
 
-
-def _inject(annex, written: dict[str, Path]) -> dict[str, str | None]:
-    """key -> None when git-annex took the file as the key's content."""
-    out: dict[str, str | None] = {}
-    keys = {str(p): k for k, p in written.items()}
-    for rec in annex.reinject(list(written.values())):
-        src = (rec.get("input") or [None])[0]
-        key = keys.get(src) or rec.get("key")
-        if key is None:
-            continue
-        if rec.get("success"):
-            out[key] = None
-        else:
-            msgs = "; ".join(m.strip() for m in rec.get("error-messages") or [] if m.strip())
-            out[key] = f"git-annex did not take the verified file: {msgs or 'reinject failed'}"
-    for key in written:
-        out.setdefault(key, "git-annex reinject gave no answer for this file")
-    return out

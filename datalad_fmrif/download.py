@@ -5,7 +5,8 @@ everything that touches the dataset goes through batched git-annex calls.
 The order of the steps is what makes an interrupted run harmless:
 
 1. list and plan every session (no change to the dataset);
-2. register the new files with their XNAT keys and URLs (content-less);
+2. register the new files with their XNAT keys, URLs and metadata
+   (content-less);
 3. fetch content: one zip stream per scan resource that lacks it (every
    entry checked against XNAT's size and MD5, :mod:`.bulk`), then whatever
    a zip did not deliver, and single files, through the ``fmrif`` special
@@ -109,8 +110,7 @@ class Download:
         self.assigned = assigned_names(self.manifests)
         self.time = now_iso()
         self.work: list[_SessionWork] = []
-        self._registration = None  # of the new files, see _register
-        self._registering: list = []
+        self.remote: str | None = None  # the fmrif special remote's name
 
     # -- results ------------------------------------------------------------
 
@@ -276,18 +276,19 @@ class Download:
     # -- 2. and 3. register and fetch -------------------------------------------
 
     def _register(self, annex: Annex) -> None:
-        """Make the new files now; their URLs and metadata are recorded in the
-        background (:meth:`_registered` waits), while content streams."""
+        """Make the new files, with their URLs and metadata (content-less)."""
         known = [(w, pf) for w in self.work for pf in w.new if pf.key]
         unknown = [(w, pf) for w in self.work for pf in w.new if not pf.key]
         server = self.options.server
-        self._registration = annex.register([
-            (pf.key, pf.path, server + pf.url_path, pf.metadata(w.project))
-            for w, pf in known])
-        self._registering = known
-        for (w, pf), res in zip(known, self._registration.links):
-            if not res.get("success", True):
+        registered = annex.register(
+            [(pf.key, pf.path, server + pf.url_path, pf.metadata(w.project))
+             for w, pf in known], remote=self.remote)
+        for (w, pf), res in zip(known, registered):
+            if not res["success"]:
                 w.failed[pf.path] = _errors(res)
+            elif res["metadata-error-messages"]:
+                lgr.warning("could not set metadata of %s: %s", res["file"],
+                            "; ".join(res["metadata-error-messages"]))
         if not unknown:
             return
         # no digest from XNAT: the content must be fetched to make a key
@@ -302,17 +303,6 @@ class Download:
                 if not res.get("success", True):
                     lgr.warning("could not set metadata of %s: %s",
                                 res.get("file"), _errors(res))
-
-    def _registered(self) -> None:
-        """Wait for the URLs and metadata of the new files (see _register)."""
-        if self._registration is None:
-            return
-        for (w, pf), res in zip(self._registering, self._registration.wait()):
-            if not res["success"]:
-                w.failed.setdefault(pf.path, _errors(res))
-            elif res["metadata-error-messages"]:
-                lgr.warning("could not set metadata of %s: %s", res["file"],
-                            "; ".join(res["metadata-error-messages"]))
 
     def _fetch(self, annex: Annex) -> None:
         """Content for every planned file that lacks it: zips, then per file.
@@ -364,7 +354,6 @@ class Download:
                 fetched.update(result.done)
                 for path, why in result.failed.items():
                     lgr.debug("%s: per file, because %s", path, why)
-            self._registered()  # the special remote needs the URLs
             rest = [pf.path for w, pf in missing
                     if pf.path not in fetched and pf.path not in w.failed]
             for res in annex.get(rest, jobs=self.options.jobs, progress=progress):
@@ -450,9 +439,10 @@ class Download:
         if self.options.dry_run:
             yield from self._session_results(planned=True)
             return
+        annex.record_unrecorded()  # content a killed run moved in, not yet recorded
         if any(w.new for w in self.work) or (
                 not self.options.no_content and any(w.present for w in self.work)):
-            ensure_remote(annex, self.options.server, self.options.credential)
+            self.remote = ensure_remote(annex, self.options.server, self.options.credential)
         # what an interrupted run registered but did not commit is finished
         # (or, without its content, taken out again) like a new file, and
         # registered again: that run may have died, or met a full disk,
@@ -465,7 +455,6 @@ class Download:
         if not self.options.no_content:
             bulk.remove_stale(self.root)  # left by a run that was killed
             self._fetch(annex)
-        self._registered()
         # a file enters the dataset only with verified content (or, with
         # --no-content, a registration that worked): take out the rest
         annex.discard([path for w in self.work for pf in w.new

@@ -7,6 +7,7 @@ really downloads and git-annex really verifies against the MD5E keys.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -405,3 +406,236 @@ def test_link_is_fromkey_where_files_are_no_plain_links(ds, server, annex_log):
     files = make_files(server, ["a.dcm"])
     assert_all_ok(Annex(ds).link((k, p) for k, _, p, _ in files))
     assert any(" fromkey " in f" {line} " for line in logged(annex_log))
+
+
+# -- records written to the git-annex branch directly ------------------------------------
+
+# values git-annex and annexlog write alike (a tab git-annex leaves as it is,
+# annexlog writes it in base64: both read back the same)
+TRICKY = ["3 Plane Loc", "!bang", "ü-umlaut", "+plus", "line\nbreak", "a=b", "-1"]
+
+
+def branch_logs(repo) -> dict[str, list[str]]:
+    """Every per-key log file on the git-annex branch: lines without timestamps."""
+    out = {}
+    for path in git(repo, "ls-tree", "-r", "--name-only", "git-annex").splitlines():
+        if ".log" in path and path.count("/") == 2:
+            lines = git(repo, "cat-file", "-p", f"git-annex:{path}").splitlines()
+            out[path] = sorted(line.split(" ", 1)[1] for line in lines)
+    return out
+
+
+def test_records_are_what_git_annex_writes(tmp_path, server):
+    """The same records, once by git-annex's own commands, once by write_logs:
+    the same log files, line for line (but for the time)."""
+    files = make_files(server, ["a.dcm", "b.dcm"])
+    other = "0c1b2a39-0000-4000-8000-0123456789ab"
+    fields = {"xnat_series_description": TRICKY, "xnat_scan_id": "3"}
+    by_git_annex, by_us = tmp_path / "a", tmp_path / "b"
+    for repo in (by_git_annex, by_us):
+        dl.create(repo, result_renderer="disabled")
+    theirs = Annex(by_git_annex)
+    assert_all_ok(theirs.registerurl((k, u) for k, u, _, _ in files))
+    assert_all_ok(theirs.set_metadata([(k, fields) for k, _, _, _ in files], by_key=True))
+    subprocess.run(["git-annex", "setpresentkey", "--batch"], cwd=by_git_annex, check=True,
+                   input="".join(f"{k} {other} 1\n" for k, _, _, _ in files), text=True,
+                   capture_output=True)
+    git(by_git_annex, "annex", "merge")  # setpresentkey leaves its journal uncommitted
+
+    from datalad_fmrif.annex import WEB_UUID
+    from datalad_fmrif.annexlog import BranchLogs
+
+    logs = BranchLogs()
+    for key, url, _, _ in files:
+        logs.add_present(key, WEB_UUID)
+        logs.add_url(key, url, claimed=False)
+        logs.add_present(key, other)
+        logs.add_metadata(key, fields)
+    Annex(by_us).write_logs(logs)
+    expected = branch_logs(by_git_annex)
+    assert len(expected) == 3 * len(files)
+    assert branch_logs(by_us) == expected
+    # and git-annex reads back every value as it was given
+    logs = BranchLogs()
+    logs.add_metadata(files[0][0], {"xnat_note": ["tab\there", "cr\rhere", " lead"]})
+    Annex(by_us).write_logs(logs)
+    meta = json.loads(git(by_us, "annex", "metadata", "--json", "--key", files[0][0]))
+    assert sorted(meta["fields"]["xnat_series_description"]) == sorted(TRICKY)
+    assert sorted(meta["fields"]["xnat_note"]) == sorted(["tab\there", "cr\rhere", " lead"])
+    where = json.loads(git(by_us, "annex", "whereis", "--json", "--key", files[0][0]))
+    assert {w["uuid"] for w in where["whereis"]} == {WEB_UUID, other}
+    assert files[0][1] in [u for w in where["whereis"] for u in w.get("urls", [])]
+    # the records came in one commit on top of the branch, and their ref is gone
+    assert git(by_us, "for-each-ref", "refs/fmrif/") == ""
+    assert "records of 1 annexed keys" in git(by_us, "log", "-1", "--format=%s", "git-annex")
+
+
+def test_records_add_to_what_is_there(ds, server):
+    (key, url, _, _), (_, url2, _, _) = make_files(server, ["a.dcm", "b.dcm"])
+    annex = Annex(ds)
+    assert_all_ok(annex.registerurl([(key, url)]))
+    assert_all_ok(annex.set_metadata([(key, {"kept": "1"})], by_key=True))
+    from datalad_fmrif.annexlog import BranchLogs
+
+    logs = BranchLogs()
+    logs.add_url(key, url2, claimed=False)
+    logs.add_metadata(key, {"added": "2", "kept": "3"})
+    annex.write_logs(logs)
+    where = json.loads(git(ds, "annex", "whereis", "--json", "--key", key))
+    assert sorted(u for w in where["whereis"] for u in w.get("urls", [])) == sorted([url, url2])
+    meta = json.loads(git(ds, "annex", "metadata", "--json", "--key", key))["fields"]
+    assert meta["added"] == ["2"] and sorted(meta["kept"]) == ["1", "3"]
+
+
+def test_records_survive_what_git_annex_has_not_committed(ds, server):
+    """A record git-annex holds in its journal (a killed git-annex, or
+    annex.alwayscommit=false) and one of ours for the same key: both count."""
+    (key, _, _, _), = make_files(server, ["a.dcm"])
+    theirs, ours = "11111111-0000-4000-8000-000000000001", "22222222-0000-4000-8000-000000000002"
+    git(ds, "-c", "annex.alwayscommit=false", "annex", "setpresentkey", key, theirs, "1")
+    assert any((ds / ".git" / "annex" / "journal").iterdir())
+    from datalad_fmrif.annexlog import BranchLogs
+
+    logs = BranchLogs()
+    logs.add_present(key, ours)
+    Annex(ds).write_logs(logs)
+    where = json.loads(git(ds, "annex", "whereis", "--json", "--key", key))
+    assert {w["uuid"] for w in where["whereis"]} == {theirs, ours}
+
+
+def test_a_ref_left_by_a_killed_run_is_merged_and_removed(ds, server):
+    (key, _, _, _), (key2, _, _, _) = make_files(server, ["a.dcm", "b.dcm"])
+    annex = Annex(ds)
+    where = annex._examine([key])[key][0]
+    lost = "33333333-0000-4000-8000-000000000003"
+    line = f"1700000000s 1 {lost}\n".encode()
+    subprocess.run(["git", "fast-import", "--quiet"], cwd=ds, check=True, input=(
+        b"commit refs/fmrif/killed/git-annex\ncommitter x <x@example.invalid> 1700000000 +0000\n"
+        b"data 4\nlost\nM 100644 inline " + f"{where}{key}.log".encode()
+        + b"\ndata %d\n%s\n" % (len(line), line)))
+    from datalad_fmrif.annexlog import BranchLogs
+
+    logs = BranchLogs()
+    logs.add_metadata(key2, {"a": "b"})
+    annex.write_logs(logs)
+    assert git(ds, "for-each-ref", "refs/fmrif/") == ""
+    where = json.loads(git(ds, "annex", "whereis", "--json", "--key", key))
+    assert [w["uuid"] for w in where["whereis"]] == [lost]
+
+
+def test_register_writes_the_branch_in_one_commit(ds, server, annex_log):
+    names = [f"sub-01/scan-{i % 3}/f{i:03d}.dcm" for i in range(150)]
+    files = make_files(server, names)
+    annex = Annex(ds)
+    res = annex.register([(k, p, u, {"xnat_file": Path(p).name, "bad field": "x"})
+                          for k, u, p, _ in files])
+    assert [r["file"] for r in res] == names
+    assert all(r["success"] and r["metadata-error-messages"] for r in res)
+    calls = [c.split()[0] for c in logged(annex_log) if c.strip()]
+    calls = [c for c in calls if c != "filter-process"]
+    assert "registerurl" not in calls and "metadata" not in calls[:-1], calls
+    # no loose object per file: the links' blobs and the records are packed
+    # (git fast-import packs 100 objects or more)
+    loose = int(git(ds, "count-objects").split()[0])
+    assert loose < 20, loose
+    assert_all_ok(annex.get(names[:5]))  # the URLs are there for git-annex
+    assert (ds / names[0]).read_bytes() == files[0][3]
+
+
+def test_private_repository_records_through_git_annex(ds, server, annex_log):
+    git(ds, "config", "annex.private", "true")
+    files = make_files(server, ["a.dcm"])
+    annex = Annex(ds)
+    res = annex.register([(k, p, u, {"xnat_file": "a.dcm"}) for k, u, p, _ in files])
+    assert_all_ok(res)
+    calls = [c.split()[0] for c in logged(annex_log) if c.strip()]
+    assert "registerurl" in calls and "metadata" in calls, calls
+    assert git(ds, "for-each-ref", "refs/fmrif/") == ""
+    assert files[0][1] in git(ds, "annex", "whereis", "a.dcm")
+
+
+# -- verified content into the annex -----------------------------------------------------
+
+
+def verified(tmp_path, n=3, size=5000):
+    src = tmp_path / "verified"
+    src.mkdir()
+    out = []
+    for i in range(n):
+        data = os.urandom(size)
+        md5 = hashlib.md5(data).hexdigest()
+        key = f"MD5E-s{size}--{md5}.dcm"
+        (src / key).write_bytes(data)
+        out.append((key, src / key, size, md5))
+    return out
+
+
+def test_ingest_moves_verified_content_in(ds, tmp_path, annex_log):
+    files = verified(tmp_path)
+    annex = Annex(ds)
+    annex.link([(k, f"f{i}.dcm") for i, (k, _, _, _) in enumerate(files)])
+    with annex.ingest(k for k, _, _, _ in files) as ingest:
+        for key, path, size, md5 in files:
+            ingest.add(key, path, size=size, md5=md5)
+        # wrong promises are refused, and the file stays where it is
+        ingest.add(files[0][0], tmp_path / "other", size=1, md5="0" * 32)
+    assert ingest.results == {k: None for k, _, _, _ in files}
+    assert not any(p.exists() for _, p, _, _ in files)
+    assert not annex.unrecorded_keys().exists()
+    assert (ds / "f1.dcm").read_bytes() == (ds / "f1.dcm").resolve().read_bytes()
+    obj = (ds / "f1.dcm").resolve()
+    assert not obj.stat().st_mode & 0o222 and not obj.parent.stat().st_mode & 0o222
+    assert "reinject" not in " ".join(logged(annex_log))
+    assert sorted(annex.find_present([f"f{i}.dcm" for i in range(3)])) == [
+        "f0.dcm", "f1.dcm", "f2.dcm"]
+    here = annex.uuid()
+    where = json.loads(git(ds, "annex", "whereis", "--json", "--key", files[2][0]))
+    assert [w["uuid"] for w in where["whereis"]] == [here]
+    fsck = subprocess.run(["git", "annex", "fsck", "--json"], cwd=ds, capture_output=True,
+                          text=True)
+    assert fsck.returncode == 0, fsck.stdout
+
+
+def test_ingest_refuses_content_that_is_not_the_key(ds, tmp_path):
+    (key, path, size, md5), = verified(tmp_path, n=1)
+    with Annex(ds).ingest([key]) as ingest:
+        ingest.add(key, path, size=size, md5="f" * 32)
+    assert "is not the content of" in ingest.results[key]
+    assert path.exists()
+
+
+def test_ingest_through_reinject_where_the_annex_needs_git_annex(ds, tmp_path, annex_log):
+    git(ds, "config", "core.sharedRepository", "group")
+    files = verified(tmp_path, n=2)
+    annex = Annex(ds)
+    with annex.ingest(k for k, _, _, _ in files) as ingest:
+        for key, path, size, md5 in files:
+            ingest.add(key, path, size=size, md5=md5)
+    assert ingest.results == {k: None for k, _, _, _ in files}
+    assert any(c.startswith("reinject") for c in logged(annex_log))
+    where = json.loads(git(ds, "annex", "whereis", "--json", "--key", files[0][0]))
+    assert [w["uuid"] for w in where["whereis"]] == [annex.uuid()]
+
+
+def test_content_moved_in_by_a_killed_run_is_recorded_later(ds, tmp_path):
+    (key, path, size, md5), = verified(tmp_path, n=1)
+    annex = Annex(ds)
+    annex.link([(key, "a.dcm")])
+    ingest = annex.ingest([key])
+    ingest.add(key, path, size=size, md5=md5)  # killed before close()
+
+    def holders():
+        out = subprocess.run(["git", "annex", "whereis", "--json", "--key", key], cwd=ds,
+                             capture_output=True, text=True).stdout
+        return [w["uuid"] for w in json.loads(out)["whereis"]]
+
+    assert annex.find_present(["a.dcm"]) == {"a.dcm"}
+    assert holders() == []  # there, but not recorded
+    assert annex.unrecorded_keys().read_text().split() == [key]
+    Annex(ds).record_unrecorded()  # the next run
+    assert holders() == [annex.uuid()]
+    assert not annex.unrecorded_keys().exists()
+    fsck = subprocess.run(["git", "annex", "fsck", "--json", "a.dcm"], cwd=ds,
+                          capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout
+

@@ -319,12 +319,12 @@ def test_fetch_into_annex(sb, xnat, ds):
     files = list(plan.files)
     annex = Annex(ds.path)
     sb.clear_requests()
-    # URLs and metadata are recorded while the zips stream, as in a download
+    # registered first (files, URLs, metadata), as in a download
     reg = annex.register([(pf.key, pf.path, sb.url + pf.url_path, pf.metadata(MAIN))
                           for pf in files])
+    assert all(r["success"] for r in reg), reg
     seen = []
     result = fetch(xnat, annex, files, jobs=2, progress=seen.append)
-    assert all(r["success"] for r in reg.wait()), reg.wait()
     assert result.failed == {}
     assert sorted(result.done) == sorted(pf.path for pf in files)
     scans = {pf.file.scan_id for pf in files}
@@ -394,7 +394,7 @@ def test_reinject_and_register_report_each_item(ds, tmp_path):
          {"xnat_file": "good.dcm"}),
         ("not a key", "a/bad.dcm", "https://xnat.example.org/data/x/files/bad.dcm",
          {"xnat_file": "bad.dcm"}),
-    ]).wait()
+    ])
     assert [r["success"] for r in regs] == [True, False]
     assert regs[1]["error-messages"]
     assert (ds.pathobj / "a" / "good.dcm").read_bytes() == good

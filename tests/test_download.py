@@ -182,6 +182,37 @@ def test_no_content_then_get_and_drop(tmp_path, sb, ds):
     assert sorted(git(ds, "annex", "find", "--in", "here").split()) == files
 
 
+def test_content_a_killed_run_moved_in_is_recorded_by_the_next(tmp_path, sb, ds):
+    """A run killed after verified content went into the annex and before it
+    recorded that: the next run records it (git annex fsck finds nothing)."""
+    from datalad_fmrif.annex import Annex
+
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    download(ds, sb, csv, no_content=True)
+    entries = [(f["path"], m["session"]["id"], f["scan_id"], f["name"])
+               for m in manifests(ds).values() for f in m["files"]][:3]
+    annex = Annex(ds.path)
+    keys = annex.lookupkey([path for path, *_ in entries])
+    ingest = annex.ingest(keys)
+    for (path, eid, scan, name), key in zip(entries, keys):
+        data = sb.study.file(eid, scan, name).content()
+        (tmp_path / key).write_bytes(data)
+        ingest.add(key, tmp_path / key, size=len(data), md5=hashlib.md5(data).hexdigest())
+    # killed here: no ingest.close(), so the location log does not know
+    where = json.loads(git(ds, "annex", "whereis", "--json", "--key", keys[0]))
+    assert annex.uuid() not in [w["uuid"] for w in where["whereis"]]
+
+    res = download(ds, sb, csv)
+    assert not [r for r in res if r["status"] in ("error", "impossible")], res
+    where = json.loads(git(ds, "annex", "whereis", "--json", "--key", keys[0]))
+    assert annex.uuid() in [w["uuid"] for w in where["whereis"]]
+    fsck = subprocess.run(["git", "annex", "fsck", "--json"], cwd=ds.path,
+                          capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout[-2000:]
+    assert sorted(git(ds, "annex", "find", "--in", "here").split()) == annexed_files(ds)
+    assert git(ds, "for-each-ref", "refs/fmrif/") == ""
+
+
 def test_clone_gets_with_env_credentials(tmp_path, sb, ds):
     csv, _ = pseudonymous_list(tmp_path, sb, n=1)
     download(ds, sb, csv, no_content=True)

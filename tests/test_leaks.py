@@ -124,7 +124,7 @@ def test_no_secret_and_no_identifier_anywhere(tmp_path, secret_service, state_di
     output = b"\n".join(r.stdout + r.stderr for r in runs)
     assert b"[DEBUG]" in output  # really at debug level
     spied = b"\n".join(p.read_bytes() for p in logs.iterdir())
-    assert b"git-annex-remote-fmrif" in spied and b"registerurl" in spied  # the spies saw it all
+    assert b"git-annex-remote-fmrif" in spied and b"fast-import" in spied  # the spies saw it all
 
     # the password, in every form it could take on its way
     needles = {"password": password.encode(),

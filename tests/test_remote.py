@@ -160,6 +160,40 @@ def test_get_drop_get(sb, env_credential, tmp_path):
     annex(ds, "fsck", first)
 
 
+def test_records_written_directly_are_what_registerurl_writes(sb, env_credential, tmp_path):
+    """fmrif-download records the URLs the fmrif remote claims itself
+    (Annex.register): the same log lines registerurl writes (a claimed URL
+    has a leading ':'), and git-annex gets and drops through them."""
+    from datalad_fmrif.annex import Annex
+
+    files = study_files(sb, 4)
+    ds = tmp_path / "ds"
+    paths = make_dataset(ds, sb, files[:2])  # by registerurl
+    annex_ = Annex(ds)
+    res = annex_.register([(key_of(f), f"direct/{f.name}", url_of(sb, f), {"xnat_file": f.name})
+                           for f in files[2:]], remote="fmrif")
+    assert all(r["success"] for r in res), res
+
+    def logs(f):
+        where = annex_._examine([key_of(f)])[key_of(f)][0] + key_of(f)
+        return {suffix: [line.split(" ", 1)[1] for line in run(
+            ds, "git", "cat-file", "-p", f"git-annex:{where}{suffix}").stdout.splitlines()]
+            for suffix in (".log", ".log.web")}
+
+    uuid = annex_.uuid("fmrif")
+    for f in files:
+        assert logs(f) == {".log": [f"1 {uuid}"], ".log.web": [f"1 :{url_of(sb, f)}"]}
+    first = f"direct/{files[2].name}"
+    whereis = json.loads(annex(ds, "whereis", "--json", first).stdout)
+    assert [(w["description"], w["urls"]) for w in whereis["whereis"]] == [
+        ("[fmrif]", [url_of(sb, files[2])])]
+    dl.save(dataset=ds, message="direct", result_renderer="disabled")
+    dl.get(ds / first, dataset=ds, result_renderer="disabled")
+    assert (ds / first).read_bytes() == files[2].content()
+    dl.drop(ds / first, dataset=ds, result_renderer="disabled")
+    assert first not in present(ds) and next(iter(paths)) not in present(ds)
+
+
 def test_parallel_get_logs_in_once_per_job(sb, env_credential, tmp_path):
     ds = tmp_path / "ds"
     paths = make_dataset(ds, sb, study_files(sb, 24))
