@@ -639,3 +639,22 @@ def test_content_moved_in_by_a_killed_run_is_recorded_later(ds, tmp_path):
                           capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout
 
+
+def test_find_present_agrees_with_git_annex_find(ds, server):
+    """The file-system answer for annex symlinks, git-annex's for the rest."""
+    files = make_files(server, ["here.dcm", "absent.dcm"])
+    annex = Annex(ds)
+    assert_all_ok(annex.register([(k, p, u, {}) for k, u, p, _ in files]))
+    assert_all_ok(annex.get(["here.dcm"]))
+    (ds / "unlocked.dat").write_bytes(b"unlocked content")
+    git(ds, "annex", "add", "unlocked.dat")
+    git(ds, "annex", "unlock", "unlocked.dat")
+    (ds / "in-git.txt").write_text("plain")
+    git(ds, "add", "in-git.txt")
+    (ds / "mine").write_text("a file of the user's")
+    os.symlink("mine", ds / "my-link.dcm")
+    paths = ["here.dcm", "absent.dcm", "unlocked.dat", "in-git.txt", "my-link.dcm",
+             "missing.dcm"]
+    by_git_annex = set(subprocess.run(["git", "annex", "find", "--", *paths[:-1]], cwd=ds,
+                                      capture_output=True, text=True).stdout.split())
+    assert annex.find_present(paths) == by_git_annex == {"here.dcm", "unlocked.dat"}
