@@ -375,7 +375,7 @@ class Annex:
             _check_line_safe("key", key)
             path = _check_path(path)
             items.append((key, path, _key_problem(key)))
-        if not self._plain_links():
+        if not self.plain_links():
             return self.fromkey([(k, p) for k, p, _ in items])
         keys = [k for k, _, problem in items if not problem]
         objects = iter(self._object_paths(keys))
@@ -429,7 +429,7 @@ class Annex:
                 config[name] = value
         return config
 
-    def _plain_links(self) -> bool:
+    def plain_links(self) -> bool:
         """Whether annexed files here are plain symlinks into the annex."""
         config = self._config()
         if os.name == "nt" or config.get("core.symlinks", "true").lower() in (
@@ -460,7 +460,7 @@ class Annex:
         repository permissions, no hooks of the user's to freeze content."""
         config = self._config()
         shared = config.get("core.sharedrepository", "false").lower()
-        return (self._plain_links() and self._logs_direct()
+        return (self.plain_links() and self._logs_direct()
                 and shared in ("false", "umask", "0", "no", "off")
                 and not config.get("annex.freezecontent-command")
                 and not config.get("annex.thawcontent-command"))
@@ -623,15 +623,22 @@ class Annex:
                 logs.add_present(key, here)
             self.write_logs(logs)
 
-    def unrecorded_keys(self) -> Path:
-        """The file where :class:`Ingest` lists each key before it moves the
-        key's content in, until it has recorded it: what a killed run leaves
-        there, :meth:`record_unrecorded` records."""
+    def _own_dir(self) -> Path:
+        """``.git/fmrif`` (made if need be): datalad-fmrif's files of this
+        repository, never in the work tree."""
         gitdir = subprocess.run(["git", "rev-parse", "--absolute-git-dir"], cwd=self.path,
                                 capture_output=True, text=True).stdout.strip()
         if not gitdir:
             raise AnnexError(f"{self.path} is not a git repository")
-        return Path(gitdir) / "fmrif" / "unrecorded-keys"
+        own = Path(gitdir) / "fmrif"
+        own.mkdir(exist_ok=True)
+        return own
+
+    def unrecorded_keys(self) -> Path:
+        """The file where :class:`Ingest` lists each key before it moves the
+        key's content in, until it has recorded it: what a killed run leaves
+        there, :meth:`record_unrecorded` records."""
+        return self._own_dir() / "unrecorded-keys"
 
     def record_unrecorded(self) -> None:
         """Record the content that a killed run moved into the annex but did
@@ -929,6 +936,41 @@ class Annex:
             return parts[-1]
         return None
 
+    def commit(self, paths: Sequence[str | os.PathLike], message: str) -> None:
+        """Commit exactly ``paths`` as they are in the work tree (``git add``,
+        then ``git commit --only``): other staged changes stay staged, and
+        the files' git-annex attributes decide, as always, what goes to git
+        and what to the annex. Nothing to commit is no error. Raises
+        AnnexError with git's answer.
+        """
+        lines = [_check_path(p) for p in paths]
+        pathspec = "\0".join(lines) + "\0"
+
+        def git(*args) -> None:
+            proc = subprocess.run(
+                ["git", *args, "--pathspec-from-file=-", "--pathspec-file-nul"],
+                cwd=self.path, input=pathspec, capture_output=True, text=True,
+                encoding="utf-8", errors="surrogateescape")
+            if proc.returncode != 0:
+                raise AnnexError(f"git {args[0]} of {len(lines)} files failed: "
+                                 + (proc.stderr.strip() or proc.stdout.strip()
+                                    or f"exit code {proc.returncode}"))
+
+        if not lines:
+            return
+        git("add")
+        staged = subprocess.run(["git", "diff", "--cached", "--name-only", "-z"],
+                                cwd=self.path, capture_output=True, text=True,
+                                encoding="utf-8", errors="surrogateescape").stdout
+        if not set(lines) & set(staged.split("\0")):
+            return  # nothing changed
+        msgfile = self._own_dir() / "COMMIT_MSG"
+        msgfile.write_text(message, encoding="utf-8")
+        try:
+            git("commit", "-q", "--only", "-F", str(msgfile))
+        finally:
+            msgfile.unlink(missing_ok=True)
+
     def discard(self, paths: Sequence[str | os.PathLike]) -> None:
         """Take files out of the index and the work tree (not committed yet:
         e.g. registered files whose content could not be fetched)."""
@@ -983,9 +1025,7 @@ class Ingest:
             if self._direct else {}
         self._listing = None
         if self._direct:
-            path = annex.unrecorded_keys()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._listing = open(path, "a", encoding="ascii")
+            self._listing = open(annex.unrecorded_keys(), "a", encoding="ascii")
         self._queue: list[tuple[str, Path]] = []
         self._ready = threading.Condition(self._lock)
         self._closing = False

@@ -33,6 +33,7 @@ __all__ = ["BranchLogs", "field_problem", "log_files", "metadata_value", "url_ok
 
 _UUID = re.compile(r"[0-9A-Za-z-]+")
 _FIELD = re.compile(r"[A-Za-z0-9_.-]+")
+_SPACE = re.compile(r"\s")
 
 
 def field_problem(name: str) -> str | None:
@@ -45,13 +46,13 @@ def field_problem(name: str) -> str | None:
 
 def url_ok(url: str) -> bool:
     """Whether ``url`` can be a line of the URL log."""
-    return bool(url) and not any(c.isspace() or not c.isprintable() for c in url)
+    return bool(url) and url.isprintable() and _SPACE.search(url) is None
 
 
 def metadata_value(value: str) -> str:
     """A metadata value as git-annex writes it in the metadata log."""
     if value and not value.startswith("!") and value.isprintable() \
-            and not any(c.isspace() for c in value):
+            and _SPACE.search(value) is None:
         return value
     return "!" + base64.b64encode(value.encode("utf-8", "surrogateescape")).decode("ascii")
 

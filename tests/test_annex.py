@@ -658,3 +658,29 @@ def test_find_present_agrees_with_git_annex_find(ds, server):
     by_git_annex = set(subprocess.run(["git", "annex", "find", "--", *paths[:-1]], cwd=ds,
                                       capture_output=True, text=True).stdout.split())
     assert annex.find_present(paths) == by_git_annex == {"here.dcm", "unlocked.dat"}
+
+
+def test_commit_takes_exactly_the_given_paths(ds, server):
+    files = make_files(server, ["a.dcm", "b.dcm"])
+    annex = Annex(ds)
+    assert_all_ok(annex.link((k, p) for k, _, p, _ in files))
+    record = ds / ".datalad" / "fmrif" / "record.json"
+    record.parent.mkdir(parents=True)
+    (record.parent / ".gitattributes").write_text("* annex.largefiles=nothing\n")
+    record.write_text('{"big": "' + "x" * 5000 + '"}\n')
+    (ds / "theirs.txt").write_text("staged by the user")
+    git(ds, "add", "theirs.txt")
+    head = git(ds, "rev-parse", "HEAD").strip()
+    annex.commit(["a.dcm", ".datalad/fmrif/record.json", ".datalad/fmrif/.gitattributes"],
+                 "first line\n\n{\"json\": 1}\n")
+    assert git(ds, "log", "-1", "--format=%B").strip() == 'first line\n\n{"json": 1}'
+    assert sorted(git(ds, "diff", "--name-only", head, "HEAD").split()) == [
+        ".datalad/fmrif/.gitattributes", ".datalad/fmrif/record.json", "a.dcm"]
+    # the record went to git (its attributes say so), the user's file stays staged
+    assert git(ds, "show", "HEAD:.datalad/fmrif/record.json").startswith('{"big"')
+    assert sorted(git(ds, "diff", "--cached", "--name-only").split()) == ["b.dcm", "theirs.txt"]
+    # nothing new: no commit, no error
+    annex.commit(["a.dcm"], "nothing")
+    assert git(ds, "log", "-1", "--format=%s") == "first line\n"
+    with pytest.raises(AnnexError, match="git add of 1 files failed"):
+        annex.commit(["no-such-file.dcm"], "never")

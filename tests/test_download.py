@@ -432,3 +432,26 @@ def test_pseudonym_file_session_column_and_stdin(tmp_path, sb, ds):
     assert {m["subject"]["name"] for m in docs.values()} == {"S1", "S2"}
     records = [json.loads(line) for line in proc.stdout.decode().splitlines() if line]
     assert {r["status"] for r in records} == {"ok"}
+
+
+def test_download_into_an_adjusted_branch(tmp_path, sb, ds):
+    """A dataset on an adjusted branch (unlocked files, as on a crippled file
+    system): git-annex's own commands instead of the direct ways, and
+    DataLad's save, which carries the commits over to the branch itself."""
+    git(ds, "annex", "adjust", "--unlock")
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    res = download(ds, sb, csv)
+    assert not [r for r in res if r["status"] in ("error", "impossible")], res
+    want = expected_files(sb, subs)
+    docs = manifests(ds)
+    paths = sorted(f["path"] for m in docs.values() for f in m["files"])
+    assert len(paths) == len(want)
+    assert not (ds.pathobj / paths[0]).is_symlink()  # unlocked
+    for m in docs.values():
+        f = m["files"][0]
+        data = (ds.pathobj / f["path"]).read_bytes()
+        assert hashlib.md5(data).hexdigest() == f["md5"]
+    assert set(paths) <= set(git(ds, "ls-tree", "-r", "--name-only", "main").split())
+    fsck = subprocess.run(["git", "annex", "fsck", "--json"], cwd=ds.path,
+                          capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout[-2000:]
