@@ -251,6 +251,28 @@ class _BatchProcess:
         lgr.debug("%s exited with %d: %s", self.command, rc, self.stderr)
 
 
+class _Background:
+    """``fn(*args)`` in a thread; :meth:`result` waits and returns (or raises)."""
+
+    def __init__(self, fn, *args):
+        self._outcome: list = []
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, args) -> None:
+        try:
+            self._outcome.append((True, fn(*args)))
+        except BaseException as e:  # noqa: BLE001 - re-raised by result()
+            self._outcome.append((False, e))
+
+    def result(self):
+        self._thread.join()
+        ok, value = self._outcome[0]
+        if not ok:
+            raise value
+        return value
+
+
 class Annex:
     """Batched operations on the git-annex repository at ``path``.
 
@@ -708,8 +730,8 @@ class Annex:
         remote). The files are made by :meth:`link`. Their URLs, the
         remote's possession of the keys and the metadata are what ``git
         annex registerurl`` and ``git annex metadata`` record, written in
-        one commit (:meth:`write_logs`) where the branch takes that, else by
-        those two commands.
+        one commit (:meth:`write_logs`, while the files are made) where the
+        branch takes that, else by those two commands.
 
         Returns one record per item, in input order: ``{"file", "key",
         "url", "success", "error-messages", "metadata-error-messages"}``; an
@@ -720,22 +742,30 @@ class Annex:
                  for key, path, url, fields in items]
         if not items:
             return []
-        links = self.link([(k, p) for k, p, _, _ in items])
-        made = [(item, fk) for item, fk in zip(items, links) if fk.get("success")]
+        writer = None
         if self._logs_direct(remote):
+            # the records are written while the files are made: both take
+            # seconds for thousands of files, on different resources
             logs = BranchLogs()
             uuid = self.uuid(remote) if remote else WEB_UUID
-            url_answers, md_answers = [], []
-            for (key, _, url, fields), _ in made:
+            problems = {}
+            for key, _, url, fields in items:
+                if _key_problem(key):
+                    continue  # link() reports it
                 logs.add_present(key, uuid)
                 logs.add_url(key, url, claimed=remote is not None)
-                problem = next(filter(None, map(field_problem, fields)), None)
-                if problem is None:
+                problems[key] = next(filter(None, map(field_problem, fields)), None)
+                if problems[key] is None:
                     logs.add_metadata(key, fields)
-                url_answers.append({"success": True})
-                md_answers.append(_failure("metadata", problem) if problem
-                                  else {"success": True})
-            self.write_logs(logs)
+            self._examine(logs.keys)  # once, for both
+            writer = _Background(self.write_logs, logs)
+        links = self.link([(k, p) for k, p, _, _ in items])
+        made = [(item, fk) for item, fk in zip(items, links) if fk.get("success")]
+        if writer is not None:
+            writer.result()
+            url_answers = [{"success": True}] * len(made)
+            md_answers = [_failure("metadata", problems[key]) if problems[key]
+                          else {"success": True} for (key, _, _, _), _ in made]
         else:
             url_answers = self.registerurl([(k, u) for (k, _, u, _), _ in made])
             md_answers = self.set_metadata([(k, f) for (k, _, _, f), _ in made],
@@ -937,37 +967,45 @@ class Annex:
         return None
 
     def commit(self, paths: Sequence[str | os.PathLike], message: str) -> None:
-        """Commit exactly ``paths`` as they are in the work tree (``git add``,
-        then ``git commit --only``): other staged changes stay staged, and
-        the files' git-annex attributes decide, as always, what goes to git
-        and what to the annex. Nothing to commit is no error. Raises
-        AnnexError with git's answer.
+        """Commit exactly ``paths`` as they are in the work tree.
+
+        They are staged with ``git update-index`` (the files' git-annex
+        attributes decide, as always, what goes to git and what to the
+        annex), and committed with ``git commit``: of the whole index when
+        nothing else is staged, else with ``--only`` and the paths (git
+        matches every path of the index against every one given: seconds
+        for thousands of files, so only where other staged changes must
+        stay staged). Nothing to commit is no error. Raises AnnexError with
+        git's answer.
         """
         lines = [_check_path(p) for p in paths]
-        pathspec = "\0".join(lines) + "\0"
+        if not lines:
+            return
 
-        def git(*args) -> None:
-            proc = subprocess.run(
-                ["git", *args, "--pathspec-from-file=-", "--pathspec-file-nul"],
-                cwd=self.path, input=pathspec, capture_output=True, text=True,
-                encoding="utf-8", errors="surrogateescape")
+        def git(*args, stdin: str = "") -> str:
+            proc = subprocess.run(["git", *args], cwd=self.path, input=stdin,
+                                  capture_output=True, text=True, encoding="utf-8",
+                                  errors="surrogateescape")
             if proc.returncode != 0:
                 raise AnnexError(f"git {args[0]} of {len(lines)} files failed: "
                                  + (proc.stderr.strip() or proc.stdout.strip()
                                     or f"exit code {proc.returncode}"))
+            return proc.stdout
 
-        if not lines:
-            return
-        git("add")
-        staged = subprocess.run(["git", "diff", "--cached", "--name-only", "-z"],
-                                cwd=self.path, capture_output=True, text=True,
-                                encoding="utf-8", errors="surrogateescape").stdout
-        if not set(lines) & set(staged.split("\0")):
+        pathspec = "\0".join(lines) + "\0"
+        git("update-index", "--add", "-z", "--stdin", stdin=pathspec)
+        staged = set(git("diff", "--cached", "--name-only", "--no-renames", "-z").split("\0"))
+        staged.discard("")
+        if not staged & set(lines):
             return  # nothing changed
         msgfile = self._own_dir() / "COMMIT_MSG"
         msgfile.write_text(message, encoding="utf-8")
         try:
-            git("commit", "-q", "--only", "-F", str(msgfile))
+            if staged <= set(lines):
+                git("commit", "-q", "-F", str(msgfile))
+            else:
+                git("commit", "-q", "--only", "-F", str(msgfile),
+                    "--pathspec-from-file=-", "--pathspec-file-nul", stdin=pathspec)
         finally:
             msgfile.unlink(missing_ok=True)
 

@@ -682,5 +682,10 @@ def test_commit_takes_exactly_the_given_paths(ds, server):
     # nothing new: no commit, no error
     annex.commit(["a.dcm"], "nothing")
     assert git(ds, "log", "-1", "--format=%s") == "first line\n"
-    with pytest.raises(AnnexError, match="git add of 1 files failed"):
+    # nothing else staged: the whole index is committed, which is just that
+    git(ds, "reset", "-q", "theirs.txt")
+    annex.commit(["b.dcm"], "second")
+    assert git(ds, "diff", "--name-only", "HEAD~1", "HEAD").split() == ["b.dcm"]
+    assert git(ds, "status", "--porcelain").split() == ["??", "theirs.txt"]
+    with pytest.raises(AnnexError, match="git update-index of 1 files failed"):
         annex.commit(["no-such-file.dcm"], "never")
