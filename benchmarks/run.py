@@ -70,8 +70,10 @@ for _var in ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", "GIT_CONFIG_
 # (set in some environments) every datalad and special-remote process would
 # compile the modules it imports, every time. main() compiles them once.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-# git-annex, datalad and the special remote come from this virtualenv
-os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+# git-annex, datalad and the special remote come from this virtualenv, the
+# floor's special remote (bin/git-annex-remote-fmrif-bench-floor) from here
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), str(HERE / "bin"),
+                                      os.environ.get("PATH", "")])
 
 import psutil
 
@@ -85,13 +87,14 @@ SIZES = {
     # REQUISITION/SAVE series of one file, left out by default), files per
     # scan, bytes per file
     "small": dict(subjects=2, sessions=1, scans=6, files=20, file_size=100 * 1024),
+    "medium": dict(subjects=2, sessions=1, scans=6, files=200, file_size=100 * 1024),
     "reference": dict(subjects=4, sessions=2, scans=6, files=200, file_size=100 * 1024),
     "large": dict(subjects=16, sessions=2, scans=6, files=200, file_size=100 * 1024),
 }
 # subject counts of the --no-content scale test, and the files per scan of
 # the memory test (1x and 10x that, one subject)
-SCALE_SUBJECTS = {"small": (10, 50), "reference": (10, 100, 1000), "large": (10, 100, 1000)}
-MEMORY_FILES = {"small": 10, "reference": 50, "large": 100}
+SCALE_SUBJECTS = {"small": (10, 50), "medium": (10, 100), "reference": (10, 100, 1000), "large": (10, 100, 1000)}
+MEMORY_FILES = {"small": 10, "medium": 20, "reference": 50, "large": 100}
 
 
 def spec_for(subjects, sessions, scans, files, file_size) -> StudySpec:
@@ -410,24 +413,54 @@ def main_rounds(bench: Bench, sb: Sandbox, facts: StudyFacts, inputs: dict) -> l
 def get_vs_curl(bench: Bench, sb: Sandbox, ds: Path, facts: StudyFacts,
                 common: dict) -> list[Run]:
     """`datalad get -J N` of one dropped session (through the fmrif special
-    remote) against the same files by curl with N connections, interleaved."""
+    remote) against the same files by curl with N connections, and through
+    the floor remote (bin/git-annex-remote-fmrif-bench-floor, which copies
+    each file from a local directory: what git-annex and DataLad spend per
+    file through any external special remote), interleaved."""
     o = bench.opts
-    print("get -J4 of one dropped session / curl, 4 connections", flush=True)
+    print("get -J4 of one dropped session / curl, 4 connections / the floor remote",
+          flush=True)
     first = facts.sessions[0]
     target = "sub-P0001/ses-01"
     paths = [f"/data/experiments/{f.session_id}/scans/{f.scan_id}/resources/"
              f"{f.resource_id}/files/{f.name}"
              for sc in first["scans"] for f in sb.study.scan_files(first["id"], sc)]
+    floor = setup_floor(ds, target, bench.work / "floor-store")
     runs = []
     for rnd in range(1, o.rounds + 1):
-        subprocess.run(["datalad", "drop", target], cwd=ds, check=True, capture_output=True)
-        runs.append(run_way(sb, "get", dict(common, dataset=str(ds), path=target, jobs=o.jobs),
-                            label="get-session", round_no=rnd))
+        for label, source in (("get-session", "fmrif"), ("get-floor", floor)):
+            subprocess.run(["datalad", "drop", target], cwd=ds, check=True,
+                           capture_output=True)
+            runs.append(run_way(sb, "get", dict(common, dataset=str(ds), path=target,
+                                                jobs=o.jobs, source=source),
+                                label=label, round_no=rnd))
         out = bench.work / f"curl-{rnd}"
         runs.append(run_way(sb, "curl", dict(common, out=str(out), paths=paths, jobs=o.jobs),
                             label="curl-session", round_no=rnd))
         shutil.rmtree(out, ignore_errors=True)
     return runs
+
+
+def setup_floor(ds: Path, target: str, store: Path) -> str:
+    """The floor remote in ``ds``, holding a copy of the content of ``target``."""
+    store.mkdir(parents=True, exist_ok=True)
+    listing = subprocess.run(["git", "annex", "find", "--format=${key}\n", target],
+                             cwd=ds, check=True, capture_output=True, text=True).stdout
+    keys = listing.split()
+    for key in keys:
+        where = subprocess.run(["git", "annex", "contentlocation", key], cwd=ds, check=True,
+                               capture_output=True, text=True).stdout.strip()
+        shutil.copyfile(ds / where, store / key)
+    name = "bench-floor"
+    subprocess.run(["git", "annex", "initremote", name, "type=external",
+                    "externaltype=fmrif-bench-floor", "encryption=none", "autoenable=false",
+                    f"directory={store}"], cwd=ds, check=True, capture_output=True)
+    uuid = subprocess.run(["git", "config", f"remote.{name}.annex-uuid"], cwd=ds, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    subprocess.run(["git", "annex", "setpresentkey", "--batch"], cwd=ds, check=True,
+                   capture_output=True, text=True,
+                   input="".join(f"{key} {uuid} 1\n" for key in keys))
+    return name
 
 
 def scale(bench: Bench) -> list[Run]:
@@ -591,6 +624,10 @@ def targets(summary: dict, opts) -> list[dict]:
     if med("get-session") and med("curl-session"):
         r = med("get-session") / med("curl-session")
         add("get-session / curl-session", round(r, 2), "<= 1.5", r <= 1.5)
+        if med("get-floor"):  # not a target: the least any special remote can take
+            f = med("get-floor") / med("curl-session")
+            add("  (get-floor / curl-session: any external special remote)",
+                round(f, 2), "<= 1.5", f <= 1.5)
     per = {int(k[6:]): v["median_s"] / int(k[6:]) for k, v in summary.items()
            if k.startswith("scale-") and v.get("ok")}
     if len(per) >= 2:

@@ -159,10 +159,12 @@ def fmrif(a: dict) -> dict:
 
 
 def get(a: dict) -> dict:
-    """`datalad get -J N PATH` (through the fmrif special remote)."""
+    """`datalad get -J N PATH` (through the fmrif special remote, or the
+    remote named by ``a["source"]``)."""
+    source = ["-s", a["source"]] if a.get("source") else []
     t0 = time.monotonic()
-    proc = sh(["datalad", "-f", "json", "get", "-J", str(a.get("jobs", 4)), a["path"]],
-              cwd=a["dataset"], env=_env(a), check=False)
+    proc = sh(["datalad", "-f", "json", "get", "-J", str(a.get("jobs", 4)), *source,
+               a["path"]], cwd=a["dataset"], env=_env(a), check=False)
     t1 = time.monotonic()
     records = _json_lines(proc.stdout)
     ok = [r for r in records if r.get("type") == "file" and r.get("status") == "ok"]
