@@ -48,7 +48,7 @@ import uuid as uuidlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from .annexlog import BranchLogs, field_problem, log_files, url_ok
+from .annexlog import BranchLogs, appended, field_problem, log_files, url_ok
 
 lgr = logging.getLogger("datalad.fmrif.annex")
 
@@ -562,7 +562,7 @@ class Annex:
         if parent:
             stream.append(f"from {parent}\n".encode())
         for path, lines in files.items():
-            content = before.get(path, b"") + lines
+            content = appended(before.get(path, b""), lines)
             stream.append(b"M 100644 inline %s\ndata %d\n%s\n" % (
                 path.encode(), len(content), content))
         stream.append(b"\ndone\n")
@@ -592,8 +592,7 @@ class Annex:
         for _, path in blobs:
             end = out.index(b"\n", pos)
             size = int(out[pos:end].split()[2])
-            data = out[end + 1:end + 1 + size]
-            content[path] = data if data.endswith(b"\n") or not data else data + b"\n"
+            content[path] = out[end + 1:end + 1 + size]
             pos = end + 2 + size
         return content
 

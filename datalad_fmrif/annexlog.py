@@ -29,11 +29,13 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["BranchLogs", "field_problem", "log_files", "metadata_value", "url_ok"]
+__all__ = ["BranchLogs", "appended", "field_problem", "log_files", "metadata_value",
+           "url_ok"]
 
 _UUID = re.compile(r"[0-9A-Za-z-]+")
 _FIELD = re.compile(r"[A-Za-z0-9_.-]+")
 _SPACE = re.compile(r"\s")
+_STAMP = re.compile(rb"^(\d+)(?:\.\d*)?s ", re.M)
 
 
 def field_problem(name: str) -> str | None:
@@ -125,3 +127,22 @@ def log_files(logs: BranchLogs, hashdirs: Mapping[str, str], now: float) -> Iter
             line = " ".join(f"{name} " + " ".join("+" + metadata_value(v) for v in values)
                             for name, values in fields.items())
             yield where + ".log.met", f"{stamp} {line}\n".encode("utf-8", "surrogateescape")
+
+
+def appended(existing: bytes, lines: bytes) -> bytes:
+    """A log file's ``existing`` content with new ``lines`` after it.
+
+    The newest line wins in git-annex's logs, so new lines must be newer
+    than every existing one, also when this machine's clock is behind the
+    one that wrote them (another clone's, say): then they get the second
+    after the newest, as git-annex does.
+    """
+    if not existing:
+        return lines
+    if not existing.endswith(b"\n"):
+        existing += b"\n"
+    newest = max((int(m.group(1)) for m in _STAMP.finditer(existing)), default=-1)
+    ours = _STAMP.match(lines)
+    if ours is not None and int(ours.group(1)) <= newest:
+        lines = _STAMP.sub(b"%ds " % (newest + 1), lines)
+    return existing + lines

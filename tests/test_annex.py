@@ -689,3 +689,29 @@ def test_commit_takes_exactly_the_given_paths(ds, server):
     assert git(ds, "status", "--porcelain").split() == ["??", "theirs.txt"]
     with pytest.raises(AnnexError, match="git update-index of 1 files failed"):
         annex.commit(["no-such-file.dcm"], "never")
+
+
+def test_records_win_over_a_clock_that_was_ahead(ds, tmp_path):
+    """A location log written on a machine whose clock was ahead says the
+    content is gone, a minute from now; content moved in here now must still
+    count as here (git-annex takes the newest line)."""
+    (key, path, size, md5), = verified(tmp_path, n=1)
+    annex = Annex(ds)
+    annex.link([(key, "a.dcm")])
+    from datalad_fmrif.annexlog import BranchLogs
+
+    logs = BranchLogs()
+    logs.add_present(key, annex.uuid())
+    annex.write_logs(logs)
+    where = annex._examine([key])[key][0]
+    ahead = f"{int(time.time()) + 60}s 0 {annex.uuid()}\n".encode()
+    subprocess.run(["git", "fast-import", "--quiet"], cwd=ds, check=True, input=(
+        b"commit refs/fmrif/ahead/git-annex\ncommitter x <x@example.invalid> 1700000000 +0000\n"
+        b"data 5\nahead\nfrom refs/heads/git-annex\nM 100644 inline "
+        + f"{where}{key}.log".encode() + b"\ndata %d\n%s\n" % (len(ahead), ahead)))
+    git(ds, "annex", "merge")
+    with annex.ingest([key]) as ingest:
+        ingest.add(key, path, size=size, md5=md5)
+    assert ingest.results == {key: None}
+    out = json.loads(git(ds, "annex", "whereis", "--json", "--key", key))
+    assert [w["uuid"] for w in out["whereis"]] == [annex.uuid()]

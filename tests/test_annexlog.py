@@ -10,7 +10,7 @@ import base64
 
 import pytest
 
-from datalad_fmrif.annexlog import BranchLogs, log_files, metadata_value
+from datalad_fmrif.annexlog import BranchLogs, appended, log_files, metadata_value
 
 KEY = "MD5E-s3--acbd18db4cc2f85cedef654fccc4a4d8.dcm"
 HERE = "1481ce9b-e504-499a-9856-1fbcb3587fb8"
@@ -71,3 +71,15 @@ def test_what_would_break_a_log_line_is_refused(bad):
     with pytest.raises(ValueError):
         bad(logs)
     assert not logs
+
+
+def test_new_lines_come_after_the_existing_ones():
+    old = b"1700000000s 1 aaaa\n1700000005.25s 0 bbbb\n"
+    assert appended(b"", b"1600000000s 1 cccc\n") == b"1600000000s 1 cccc\n"
+    # our clock is ahead: as it is
+    assert appended(old, b"1800000000s 1 cccc\n") == old + b"1800000000s 1 cccc\n"
+    # our clock is behind the newest line: the second after it, every line
+    assert appended(old, b"1600000000s 1 cccc\n1600000000s 1 dddd\n") == \
+        old + b"1700000006s 1 cccc\n1700000006s 1 dddd\n"
+    assert appended(b"1700000000s 1 aaaa", b"1700000000s 1 aaaa\n") == \
+        b"1700000000s 1 aaaa\n1700000001s 1 aaaa\n"
