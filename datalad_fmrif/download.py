@@ -25,6 +25,7 @@ import shlex
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -92,6 +93,23 @@ class _SessionWork:
         return self.plan.catalog.session
 
 
+@dataclass
+class _Listing:
+    """What XNAT lists for one subject (:meth:`Download._list_subject`)."""
+
+    sessions: list  # Session: every session of the subject
+    catalogs: dict = field(default_factory=dict)  # session ID -> catalog or its error
+    error: Exception | None = None  # the subject's sessions could not be listed
+
+
+def _wanted_sessions(req: SubjectRequest, every: list) -> list:
+    """The sessions of the subject that the list names (all, if it names none)."""
+    if not req.sessions:
+        return every
+    wanted = set(req.sessions)
+    return [s for s in every if s.label in wanted or s.id in wanted]
+
+
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -149,6 +167,7 @@ class Download:
                         "impossible", f"{self._line(req)}: {why} {project} on "
                         f"{self.options.server}", type="subject")
                 continue
+            found = []
             for req in requests:
                 subject = subjects.get(req.label)
                 if subject is None:
@@ -156,10 +175,42 @@ class Download:
                         "impossible", f"{self._line(req)} is not a subject of "
                         f"project {project}", type="subject")
                     continue
-                yield from self._plan_subject(req, subject, project, names_in_use)
+                found.append((req, subject))
+            # the listings of -J subjects at a time (each is a few requests
+            # that wait on XNAT), planned one by one in the list's order
+            pool = ThreadPoolExecutor(max(1, self.options.jobs),
+                                      thread_name_prefix="fmrif-list")
+            try:
+                listings = [pool.submit(self._list_subject, req, subject)
+                            for req, subject in found]
+                for (req, subject), listing in zip(found, listings):
+                    yield from self._plan_subject(req, subject, project, names_in_use,
+                                                  listing.result())
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _list_subject(self, req: SubjectRequest, subject: Subject) -> _Listing:
+        """The subject's sessions and the file listing of each one wanted.
+
+        A subject or session that XNAT refuses, lacks or fails on is that
+        subject's or session's failure (kept for :meth:`_plan_subject` to
+        report); an unreachable server, a TLS or login problem is raised.
+        """
+        try:
+            every = subject_sessions(self.xnat, subject)
+        except (AccessDenied, NotFound, TransientError, BadResponse) as e:
+            return _Listing(sessions=[], error=e)
+        resources = [r for r in self.options.plan.resources if r != "DICOM"]
+        catalogs: dict = {}
+        for session in _wanted_sessions(req, every):
+            try:
+                catalogs[session.id] = session_catalog(self.xnat, session, resources)
+            except (AccessDenied, NotFound, TransientError, BadResponse) as e:
+                catalogs[session.id] = e
+        return _Listing(sessions=every, catalogs=catalogs)
 
     def _plan_subject(self, req: SubjectRequest, subject: Subject, project: str,
-                      names_in_use: dict) -> Iterator[dict]:
+                      names_in_use: dict, listing: _Listing) -> Iterator[dict]:
         try:
             name = req.pseudonym if req.pseudonym else sanitize_label(req.label)
         except PlanError as e:  # a label of XNAT's without a letter or digit
@@ -170,17 +221,17 @@ class Download:
                 "error", f"{self._line(req)} would get the dataset name "
                 f"sub-{name}, which another subject of this run has", type="subject")
             return
-        try:
-            every = subject_sessions(self.xnat, subject)
-        except (AccessDenied, NotFound) as e:
-            yield self._result("impossible", f"{self._line(req)}: {e}",
+        if isinstance(listing.error, (AccessDenied, NotFound)):
+            yield self._result("impossible", f"{self._line(req)}: {listing.error}",
                                type="subject")
             return
-        except (TransientError, BadResponse) as e:
+        if listing.error is not None:
             # this subject's failure; the others go on (an unreachable
             # server, a TLS or login problem still ends the run)
-            yield self._result("error", f"{self._line(req)}: {e}", type="subject")
+            yield self._result("error", f"{self._line(req)}: {listing.error}",
+                               type="subject")
             return
+        every = listing.sessions
         # names given on earlier runs never change
         earlier = {s.id: self.assigned[s.id] for s in every if s.id in self.assigned}
         for sid, (subj, _) in earlier.items():
@@ -205,29 +256,24 @@ class Download:
             yield self._result("error", f"{self._line(req)}: two sessions get the "
                                "same name in the dataset", type="subject")
             return
-        sessions = every
+        sessions = _wanted_sessions(req, every)
         if req.sessions:
-            wanted = set(req.sessions)
-            sessions = [s for s in every if s.label in wanted or s.id in wanted]
             found = {s.label for s in sessions} | {s.id for s in sessions}
-            if wanted - found:
+            missing = set(req.sessions) - found
+            if missing:
                 yield self._result(
-                    "impossible", f"{self._line(req)}: {len(wanted - found)} of its "
+                    "impossible", f"{self._line(req)}: {len(missing)} of its "
                     "listed sessions are not in XNAT", type="session")
         if not sessions:
             yield self._result("notneeded", f"{self._line(req)} has no image "
                                "sessions to download", type="subject")
             return
-        resources = [r for r in self.options.plan.resources if r != "DICOM"]
         for session in sessions:
-            try:
-                catalog = session_catalog(self.xnat, session, resources)
-            except (AccessDenied, NotFound) as e:
-                yield self._result("impossible", str(e), type="session",
-                                   xnat_session_id=session.id)
-                continue
-            except (TransientError, BadResponse) as e:
-                yield self._result("error", str(e), type="session",
+            catalog = listing.catalogs[session.id]
+            if isinstance(catalog, Exception):
+                status = ("impossible" if isinstance(catalog, (AccessDenied, NotFound))
+                          else "error")
+                yield self._result(status, str(catalog), type="session",
                                    xnat_session_id=session.id)
                 continue
             plan = plan_session(catalog, subject=name, session=session_names[session.id],
