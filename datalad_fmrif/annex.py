@@ -1,12 +1,18 @@
-"""Batched git-annex calls: one long-running process per operation.
+"""The git-annex repository of a dataset, worked on in bulk.
 
-Registering a study means thousands of files. Starting git-annex once per
-file costs a process start (and a Python wrapper, for the PyPI build) every
-time; git-annex's ``--batch`` mode takes one item per input line and answers
-with one JSON line per item instead. Every public method here starts exactly
-one ``git-annex <command> --batch --json`` process, streams all items into it
-from a writer thread (so neither side can block on a full pipe) and reads the
-answers as they come.
+Registering a study means thousands of files, so nothing here costs a
+process, a journal file or a git object per file:
+
+- git-annex's own commands run once per operation in ``--batch`` mode (one
+  item per input line, one JSON answer per line), fed from a writer thread
+  so that neither side can block on a full pipe;
+- what git-annex records about the files (URLs, where content is, metadata)
+  goes to its branch as one commit that git-annex merges
+  (:meth:`Annex.write_logs`), the annex symlinks are made directly
+  (:meth:`Annex.link`), and verified content moves into the annex under its
+  key (:class:`Ingest`); where a repository needs git-annex to do these
+  (a private repository, an adjusted branch, shared permissions), its own
+  commands do them.
 
 Behaviour of git-annex that this module relies on (verified with git-annex
 10.20261026, see ``tests/test_annex.py``):
@@ -23,7 +29,7 @@ Behaviour of git-annex that this module relies on (verified with git-annex
 - ``fromkey --batch`` does not insist on the key's content being present (the
   one-shot ``fromkey KEY PATH`` refuses without ``--force`` even when a URL is
   registered), creates parent directories, and stages the new symlink in the
-  index, so a following ``datalad save`` commits it.
+  index, so a following commit takes it.
 - ``get --batch`` works together with ``-J``; answers then arrive in
   completion order and are matched to paths by their ``"input"`` field.
 
@@ -274,10 +280,10 @@ class _Background:
 
 
 class Annex:
-    """Batched operations on the git-annex repository at ``path``.
+    """Bulk operations on the git-annex repository at ``path``.
 
-    Each method starts one git-annex process for all the items it is given.
-    Methods that take items validate all of them before starting it.
+    Each method handles all the items it is given at once (one git-annex
+    process, one commit), and validates all of them before it starts.
     Registration methods return one result record per item, in input order;
     the records are git-annex's own JSON (``"success"``, ``"error-messages"``,
     ``"file"``, ``"key"``, ``"input"``...), or records of the same shape made
@@ -356,8 +362,8 @@ class Annex:
 
         The content is not needed (it is fetched later by :meth:`get`, and
         verified against the key then). Parent directories are created, and
-        git-annex stages each new file in the index, so ``datalad save``
-        commits them. Re-registering a path with the same key succeeds; a
+        git-annex stages each new file in the index, ready to be committed.
+        Re-registering a path with the same key succeeds; a
         path that exists with other content is a failed item. Paths are
         relative to the repository root.
         """
@@ -910,10 +916,11 @@ class Annex:
         unlocked file, something else) is asked of ``git annex find``.
         """
         present, ask = set(), []
+        root = str(self.path)
         for line in map(_check_path, paths):
             if self._link_key(line) is None:
                 ask.append(line)
-            elif os.path.exists(self.path / line):
+            elif os.path.exists(os.path.join(root, line)):
                 present.add(line)
         if ask:
             with self._batch(["find", "--batch", "--json"], ask) as proc:
@@ -956,7 +963,7 @@ class Annex:
 
     def _link_key(self, path: str) -> str | None:
         try:
-            target = os.readlink(self.path / path)
+            target = os.readlink(os.path.join(self.path, path))
         except OSError:
             return None
         parts = target.replace(os.sep, "/").split("/")

@@ -21,6 +21,7 @@ import string
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from datalad_fmrif.xnat.records import RemoteFile, Scan, Session, SessionCatalog
 
@@ -123,6 +124,7 @@ def sanitize_component(text: str) -> str:
     return _unreserve(_clean(text))
 
 
+@lru_cache(maxsize=4096)  # the same subjects, sessions and scans, file after file
 def _clean(text: str) -> str:
     """sanitize_component() without the device-name rule, for values that
     are only part of a component (the rule applies to the whole)."""
@@ -243,6 +245,7 @@ def _compile_template(template: str) -> tuple[tuple[_Part, ...], ...]:
     return tuple(tuple(c) for c in components)
 
 
+@lru_cache(maxsize=4096)  # the same folders, file after file
 def _bad_component(component: str, *, top: bool) -> str | None:
     if component in ("", ".", ".."):
         return f"path component {component!r} is not allowed"
