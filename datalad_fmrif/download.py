@@ -221,15 +221,14 @@ class Download:
                 "error", f"{self._line(req)} would get the dataset name "
                 f"sub-{name}, which another subject of this run has", type="subject")
             return
-        if isinstance(listing.error, (AccessDenied, NotFound)):
-            yield self._result("impossible", f"{self._line(req)}: {listing.error}",
-                               type="subject")
+        e = listing.error
+        if isinstance(e, (AccessDenied, NotFound)):
+            yield self._result("impossible", f"{self._line(req)}: {e}", type="subject")
             return
-        if listing.error is not None:
+        if e is not None:
             # this subject's failure; the others go on (an unreachable
             # server, a TLS or login problem still ends the run)
-            yield self._result("error", f"{self._line(req)}: {listing.error}",
-                               type="subject")
+            yield self._result("error", f"{self._line(req)}: {e}", type="subject")
             return
         every = listing.sessions
         # names given on earlier runs never change
