@@ -434,8 +434,8 @@ class Annex:
         if made:
             # the links' blobs first go into one pack, so that git finds them
             # there instead of writing a loose object for each
-            self._fast_import(b"".join(
-                b"blob\ndata %d\n%s\n" % (len(t), t) for t in map(os.fsencode, targets)))
+            self._fast_import(b"blob\ndata %d\n%s\n" % (len(t), t)
+                              for t in map(os.fsencode, targets))
             proc = subprocess.run(
                 ["git", "update-index", "--add", "-z", "--stdin"], cwd=self.path,
                 input="\0".join(made) + "\0", capture_output=True, text=True,
@@ -562,17 +562,19 @@ class Annex:
         before = self._branch_files(parent, files) if parent else {}
         ref = f"{LOGS_REFS}{uuidlib.uuid4().hex}/git-annex"
         message = f"datalad-fmrif: records of {len(keys)} annexed keys\n".encode()
-        stream = [b"feature done\n",
-                  f"commit {ref}\ncommitter {self._committer(now)}\n".encode(),
-                  b"data %d\n" % len(message), message]
-        if parent:
-            stream.append(f"from {parent}\n".encode())
-        for path, lines in files.items():
-            content = appended(before.get(path, b""), lines)
-            stream.append(b"M 100644 inline %s\ndata %d\n%s\n" % (
-                path.encode(), len(content), content))
-        stream.append(b"\ndone\n")
-        self._fast_import(b"".join(stream))
+
+        def stream():
+            yield (f"commit {ref}\ncommitter {self._committer(now)}\n".encode()
+                   + b"data %d\n" % len(message) + message)
+            if parent:
+                yield f"from {parent}\n".encode()
+            for path, lines in files.items():
+                content = appended(before.get(path, b""), lines)
+                yield b"M 100644 inline %s\ndata %d\n%s\n" % (
+                    path.encode(), len(content), content)
+            yield b"\n"
+
+        self._fast_import(stream())
         self._merge_logs(ref, keys[0])
 
     def _branch_files(self, commit: str, paths) -> dict[str, bytes]:
@@ -607,12 +609,32 @@ class Annex:
                                capture_output=True, text=True).stdout.strip()
         return ident or f"datalad-fmrif <datalad-fmrif@localhost> {int(now)} +0000"
 
-    def _fast_import(self, stream: bytes) -> None:
-        proc = subprocess.run(["git", "fast-import", "--quiet"], cwd=self.path,
-                              input=stream, capture_output=True)
+    def _fast_import(self, commands: Iterable[bytes]) -> None:
+        """Feed ``commands`` to one ``git fast-import`` as they come (a
+        stream that ends early, a killed run, imports nothing: ``done``)."""
+        proc = subprocess.Popen(["git", "fast-import", "--quiet"], cwd=self.path,
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        try:
+            proc.stdin.write(b"feature done\n")
+            for chunk in commands:
+                proc.stdin.write(chunk)
+            proc.stdin.write(b"done\n")
+        except BrokenPipeError:
+            pass  # fast-import stopped: its error follows
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+            error = proc.stderr.read()
+            proc.wait()
         if proc.returncode != 0:
             raise AnnexError("git fast-import failed: "
-                             + proc.stderr.decode(errors="replace").strip()[-2000:])
+                             + error.decode(errors="replace").strip()[-2000:])
 
     def _merge_logs(self, ref: str, key: str) -> None:
         """Have git-annex merge ``ref`` (any command that reads a key's logs

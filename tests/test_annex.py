@@ -715,3 +715,15 @@ def test_records_win_over_a_clock_that_was_ahead(ds, tmp_path):
     assert ingest.results == {key: None}
     out = json.loads(git(ds, "annex", "whereis", "--json", "--key", key))
     assert [w["uuid"] for w in out["whereis"]] == [annex.uuid()]
+
+
+def test_a_failing_fast_import_is_an_error_and_imports_nothing(ds):
+    annex = Annex(ds)
+    refs = git(ds, "for-each-ref")
+    with pytest.raises(AnnexError, match="git fast-import failed: fatal"):
+        annex._fast_import([b"commit refs/fmrif/x/git-annex\n", b"garbage\n"])
+    # a stream that just ends (a killed run) is no commit either: "done" is missing
+    proc = subprocess.run(["git", "fast-import", "--quiet"], cwd=ds, capture_output=True,
+                          input=b"feature done\nblob\ndata 1\nx\n")
+    assert proc.returncode != 0
+    assert git(ds, "for-each-ref") == refs
