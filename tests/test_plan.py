@@ -6,6 +6,7 @@ All labels and IDs are invented.
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 import pytest
 
@@ -392,6 +393,20 @@ def test_url_path_uses_ids_and_original_name():
     assert f.path == "sub-S01/ses-01/5-T1/sub_dir/a_b_.dcm"
     assert f.url_path == "/data/experiments/FMRIF_E00001/scans/5/resources/101/files/sub%20dir/a%20b%23.dcm"
     assert f.file.name == "sub dir/a b#.dcm"
+
+
+@pytest.mark.parametrize("name", [
+    "1.3.12.2.1107.5.2.dcm", "a~b_c-d.e/f", "é.dcm", "a b", "a%20b", "a?b", "a#b",
+    "a+b", "a;b", "a:b", "a@b", "", "/", "x//y", "\t", "a\\b", "%", "€",
+])
+def test_url_path_quotes_like_urllib(name):
+    # the shortcut for names that need no quoting must never change a URL
+    f = RemoteFile(session_id="E 1", scan_id="5/6", resource="DICOM",
+                   resource_id="1%", name=name, size=1, md5=MD5)
+    assert f.path == (
+        f"/data/experiments/{quote('E 1', safe='')}/scans/{quote('5/6', safe='')}"
+        f"/resources/{quote('1%', safe='')}/files/{quote(name, safe='/')}"
+    )
 
 
 # ---------------------------------------------------------------- collisions
