@@ -452,9 +452,11 @@ class Annex:
                              errors="surrogateescape").stdout
         config = {}
         for entry in out.split("\0"):
-            name, _, value = entry.partition("\n")
+            name, given, value = entry.partition("\n")
             if name:
-                config[name] = value
+                # a name without "=" in the file has no value, and git (and
+                # git-annex) read it as the boolean true
+                config[name] = value if given else "true"
         return config
 
     def plain_links(self) -> bool:

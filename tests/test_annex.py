@@ -542,8 +542,12 @@ def test_register_writes_the_branch_in_one_commit(ds, server, annex_log):
     assert (ds / names[0]).read_bytes() == files[0][3]
 
 
-def test_private_repository_records_through_git_annex(ds, server, annex_log):
-    git(ds, "config", "annex.private", "true")
+@pytest.mark.parametrize("setting", ["\tprivate = true", "\tprivate"])
+def test_private_repository_records_through_git_annex(ds, server, annex_log, setting):
+    # "private" alone, without a value, is true for git and git-annex alike
+    with open(ds / ".git" / "config", "a") as config:
+        config.write(f"[annex]\n{setting}\n")
+    assert git(ds, "config", "--type=bool", "annex.private").strip() == "true"
     files = make_files(server, ["a.dcm"])
     annex = Annex(ds)
     res = annex.register([(k, p, u, {"xnat_file": "a.dcm"}) for k, u, p, _ in files])
