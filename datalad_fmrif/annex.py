@@ -459,9 +459,10 @@ class Annex:
                 config[name] = value if given else "true"
         return config
 
-    def plain_links(self) -> bool:
-        """Whether annexed files here are plain symlinks into the annex."""
-        config = self._config()
+    def plain_links(self, config: dict[str, str] | None = None) -> bool:
+        """Whether annexed files here are plain symlinks into the annex
+        (``config``: :meth:`_config`, if the caller has read it already)."""
+        config = self._config() if config is None else config
         if os.name == "nt" or config.get("core.symlinks", "true").lower() in (
                 "false", "no", "off", "0"):
             return False
@@ -471,14 +472,15 @@ class Annex:
                               capture_output=True, text=True).stdout.strip()
         return not head.startswith("refs/heads/adjusted/")
 
-    def _logs_direct(self, remote: str | None = None) -> bool:
+    def _logs_direct(self, remote: str | None = None,
+                     config: dict[str, str] | None = None) -> bool:
         """Whether records may go to the git-annex branch directly (:meth:`write_logs`).
 
         Not in a private repository, nor about a private remote (git-annex
         keeps such records out of the branch), nor with a tuned layout of
-        the branch (``annex.tune.*``).
+        the branch (``annex.tune.*``). ``config`` as for :meth:`plain_links`.
         """
-        config = self._config()
+        config = self._config() if config is None else config
         if _true(config.get("annex.private")) or (
                 remote and _true(config.get(f"remote.{remote}.annex-private"))):
             return False
@@ -490,7 +492,7 @@ class Annex:
         repository permissions, no hooks of the user's to freeze content."""
         config = self._config()
         shared = config.get("core.sharedrepository", "false").lower()
-        return (self.plain_links() and self._logs_direct()
+        return (self.plain_links(config) and self._logs_direct(config=config)
                 and shared in ("false", "umask", "0", "no", "off")
                 and not config.get("annex.freezecontent-command")
                 and not config.get("annex.thawcontent-command"))
