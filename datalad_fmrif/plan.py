@@ -437,15 +437,12 @@ def plan_session(
     selected = {r.strip().casefold() for r in options.resources}
     record = catalog.session
 
-    scans: dict[str, Scan] = {}  # like catalog.scan(), without a search per file
-    for s in catalog.scans:
-        scans.setdefault(s.id, s)
     series_reasons: dict[str, str | None] = {}  # scan ID -> why it is left out
     for file in catalog.files:
         if file.resource.strip().casefold() not in selected:
             exclude.append((file, f"resource {file.resource!r} not selected"))
             continue
-        scan = scans.get(file.scan_id) if file.scan_id is not None else None
+        scan = catalog.scan(file.scan_id) if file.scan_id is not None else None
         if file.scan_id is not None:
             if file.scan_id not in series_reasons:  # once per scan, not per file
                 series_reasons[file.scan_id] = _series_filter(options, scan, file)

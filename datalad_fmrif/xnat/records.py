@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import quote
 
 
@@ -95,7 +96,13 @@ class SessionCatalog:
     rejected: tuple[str, ...] = ()
 
     def scan(self, scan_id: str | None) -> Scan | None:
+        """The scan with this ID (the first, should XNAT list one twice)."""
+        return self._scans_by_id.get(scan_id)
+
+    @cached_property
+    def _scans_by_id(self) -> dict[str, Scan]:
+        # asked for every file of the session: no search through the scans
+        by_id: dict[str, Scan] = {}
         for s in self.scans:
-            if s.id == scan_id:
-                return s
-        return None
+            by_id.setdefault(s.id, s)
+        return by_id
