@@ -444,13 +444,13 @@ def get_vs_curl(bench: Bench, sb: Sandbox, ds: Path, facts: StudyFacts,
 def setup_floor(ds: Path, target: str, store: Path) -> str:
     """The floor remote in ``ds``, holding a copy of the content of ``target``."""
     store.mkdir(parents=True, exist_ok=True)
-    listing = subprocess.run(["git", "annex", "find", "--format=${key}\n", target],
+    listing = subprocess.run(["git", "annex", "find", "--format=${key} ${file}\n", target],
                              cwd=ds, check=True, capture_output=True, text=True).stdout
-    keys = listing.split()
-    for key in keys:
-        where = subprocess.run(["git", "annex", "contentlocation", key], cwd=ds, check=True,
-                               capture_output=True, text=True).stdout.strip()
-        shutil.copyfile(ds / where, store / key)
+    keys = []
+    for line in listing.splitlines():
+        key, file = line.split(" ", 1)
+        shutil.copyfile(ds / file, store / key)  # through the annex symlink
+        keys.append(key)
     name = "bench-floor"
     subprocess.run(["git", "annex", "initremote", name, "type=external",
                     "externaltype=fmrif-bench-floor", "encryption=none", "autoenable=false",
