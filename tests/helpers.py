@@ -52,6 +52,13 @@ def git(ds, *args) -> str:
                           capture_output=True, text=True).stdout
 
 
+def assert_fsck(ds, *options) -> None:
+    """``git annex fsck`` finds nothing wrong in the dataset."""
+    fsck = subprocess.run(["git", "annex", "fsck", *options], cwd=ds.path,
+                          capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout[-3000:] + fsck.stderr[-3000:]
+
+
 def annexed_files(ds) -> list[str]:
     out = git(ds, "annex", "find", "--include", "*", "--json")
     return sorted(json.loads(line)["file"] for line in out.splitlines() if line)

@@ -18,6 +18,7 @@ from datalad_fmrif.sandbox import StudySpec
 from helpers import (
     PROJECT,
     annexed_files,
+    assert_fsck,
     by_status,
     content_gets,
     download,
@@ -206,9 +207,7 @@ def test_content_a_killed_run_moved_in_is_recorded_by_the_next(tmp_path, sb, ds)
     assert not [r for r in res if r["status"] in ("error", "impossible")], res
     where = json.loads(git(ds, "annex", "whereis", "--json", "--key", keys[0]))
     assert annex.uuid() in [w["uuid"] for w in where["whereis"]]
-    fsck = subprocess.run(["git", "annex", "fsck", "--json"], cwd=ds.path,
-                          capture_output=True, text=True)
-    assert fsck.returncode == 0, fsck.stdout[-2000:]
+    assert_fsck(ds, "--json")
     assert sorted(git(ds, "annex", "find", "--in", "here").split()) == annexed_files(ds)
     assert git(ds, "for-each-ref", "refs/fmrif/") == ""
 
@@ -358,9 +357,7 @@ def test_digest_mismatch_is_caught_and_nothing_bad_committed(tmp_path, sb, ds):
     assert not os.path.lexists(path)  # not added: its content never verified
     assert victim.name not in json.dumps(manifests(ds))
     assert len(annexed_files(ds)) == len(expected_files(sb, subs)) - 1
-    fsck = subprocess.run(["git", "annex", "fsck", "--fast"], cwd=ds.path,
-                          capture_output=True, text=True)
-    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert_fsck(ds, "--fast")
     assert git(ds, "status", "--porcelain") == ""
 
 
@@ -398,9 +395,7 @@ def test_interrupted_run_is_repaired(tmp_path, secret_service, state_dir):
         want = expected_files(sb, subs)
         assert len(annexed_files(ds)) == len(want)
         assert sorted(git(ds, "annex", "find", "--in", "here").split()) == annexed_files(ds)
-        fsck = subprocess.run(["git", "annex", "fsck"], cwd=ds.path,
-                              capture_output=True, text=True)
-        assert fsck.returncode == 0, fsck.stdout[-2000:]
+        assert_fsck(ds)
         assert git(ds, "status", "--porcelain") == ""
         # the killed runs' temporary files are gone
         tmp = ds.pathobj / ".git" / "fmrif" / "tmp"
@@ -452,6 +447,4 @@ def test_download_into_an_adjusted_branch(tmp_path, sb, ds):
         data = (ds.pathobj / f["path"]).read_bytes()
         assert hashlib.md5(data).hexdigest() == f["md5"]
     assert set(paths) <= set(git(ds, "ls-tree", "-r", "--name-only", "main").split())
-    fsck = subprocess.run(["git", "annex", "fsck", "--json"], cwd=ds.path,
-                          capture_output=True, text=True)
-    assert fsck.returncode == 0, fsck.stdout[-2000:]
+    assert_fsck(ds, "--json")

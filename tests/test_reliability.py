@@ -26,7 +26,7 @@ from pathlib import Path
 
 import datalad.api as dl
 import pytest
-from helpers import (PROJECT, ZIP_PATH, break_zips, by_status, download, git,
+from helpers import (PROJECT, ZIP_PATH, assert_fsck, break_zips, by_status, download, git,
                      file_gets, keyring_sandbox, manifests, pseudonymous_list)
 
 from datalad_fmrif.sandbox import Fault, StudySpec
@@ -162,9 +162,7 @@ def assert_consistent(ds, *, content=True):
     assert git(ds, "status", "--porcelain", "--ignored", "--untracked-files=all") == ""
     if content:
         assert annex_lines(ds, "find", "--not", "--in", "here", "--branch", "HEAD") == []
-    fsck = subprocess.run(["git", "annex", "fsck", "--quiet"], cwd=ds.path,
-                          capture_output=True, text=True)
-    assert fsck.returncode == 0, fsck.stdout[-3000:] + fsck.stderr[-3000:]
+    assert_fsck(ds, "--quiet")
 
 
 def assert_complete(ds, sb, subjects):
