@@ -342,6 +342,8 @@ class SessionPlan:
     excluded: tuple[tuple[RemoteFile, str], ...]  # (file, reason)
     # e.g. path collisions; a session with problems must not be written
     problems: tuple[str, ...]
+    # where the session's files go: see session_folder()
+    folder: str = ""
 
     @property
     def bytes(self) -> int:
@@ -398,6 +400,29 @@ def _series_filter(options: PlanOptions, scan: Scan | None, file: RemoteFile) ->
         if not any(pattern.search(v) for v in values):
             return f"series {shown!r} does not match include_series"
     return None
+
+
+_SESSION_FIELDS = frozenset({"subject", "session", "subject_id", "session_id", "project"})
+
+
+def session_folder(template: str, values: Mapping[str, str]) -> str:
+    """The folder of a session in the dataset: the leading folders of the
+    template that only name the subject and session (``sub-P01/ses-01`` with
+    the default template), or "" (the dataset) when the first folder already
+    depends on a scan or file.
+
+    Reports name a session by this folder, also when none of its files is
+    planned (a series filter that matches nothing in it): the same path in a
+    dry run, a download and ``fmrif-status``.
+    """
+    folders = []
+    for component in _compile_template(template)[:-1]:
+        if any(p.field and p.field not in _SESSION_FIELDS for p in component):
+            break
+        folders.append(_unreserve("".join(
+            p.literal if p.field is None else _clean(values[p.field])
+            for p in component)))
+    return "/".join(folders)
 
 
 def plan_session(
@@ -528,6 +553,10 @@ def plan_session(
         files=tuple(planned),
         excluded=tuple(exclude),
         problems=tuple(problems),
+        folder=session_folder(options.template, {
+            "subject": subject, "session": session,
+            "subject_id": record.subject_id, "session_id": record.id,
+            "project": project or record.project}),
     )
 
 

@@ -131,9 +131,10 @@ def session_manifest(
 
 
 def common_dir(paths: list[str]) -> str:
-    """The folder that holds all of a session's files (its ``sub-/ses-``)."""
+    """The folder that holds all of a session's files; "" (the dataset)
+    when there are none."""
     if not paths:
-        return MANIFEST_DIR
+        return ""
     if len(paths) == 1:
         return os.path.dirname(paths[0])
     return os.path.commonpath(paths)

@@ -603,3 +603,19 @@ def test_name_sessions_skips_taken_names():
     # "3" and "03" are different names; a new session never reuses "04" if taken
     result = name_sessions(sessions(("FMRIF_E9", "2024")), {"FMRIF_E1": "03", "FMRIF_E2": "x04"})
     assert result == {"FMRIF_E9": "04"}
+
+
+# ---------------------------------------------------------------- session folder
+
+
+@pytest.mark.parametrize("template, folder", [
+    (DEFAULT_TEMPLATE, "sub-S01/ses-01"),
+    ("{project}/sub-{subject}/{session_id}/{scan}/{file}", "17-M-0181/sub-S01/FMRIF_E00001"),
+    ("sub-{subject}/{scan}-{session}/{file}", "sub-S01"),
+    ("{subject}_{session}_{file}", ""),
+])
+def test_session_folder_is_the_template_up_to_the_first_scan_field(template, folder):
+    # also when the filters leave none of the session's files
+    p = plan(STANDARD, PlanOptions(template=template, include_series="nothing-matches"))
+    assert p.files == ()
+    assert p.folder == folder
