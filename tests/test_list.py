@@ -350,3 +350,32 @@ def test_no_stored_credential(sb, tmp_path):
     proc = cli("fmrif-list", "--server", sb.url, PROJECT, cwd=tmp_path)
     assert proc.returncode != 0 and proc.stdout == b""
     assert b"no credential" in proc.stderr
+
+
+def test_cli_on_a_terminal_ends_every_line(sb, tmp_path):
+    """To a terminal: LF line ends and a final one, so the prompt starts on
+    a line of its own (to a file or pipe it stays the export format)."""
+    import os
+    import pty
+    import tty
+
+    master, slave = pty.openpty()
+    tty.setraw(slave)  # the bytes as written: no newline translation
+    proc = subprocess.Popen(["datalad", "fmrif-list", "--server", sb.url, PROJECT],
+                            stdout=slave, stderr=subprocess.PIPE, cwd=tmp_path)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the command closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert proc.wait() == 0, proc.stderr.read()
+    labels = sorted(s.label for s in sb.study.subjects(PROJECT))
+    assert shown == "".join(
+        line + "\n" for line in ['"Project","Subject"']
+        + [f'"{PROJECT}","{label}"' for label in labels]).encode()

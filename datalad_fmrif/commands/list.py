@@ -82,6 +82,23 @@ def csv_text(kind: str, rows: list[dict]) -> str:
     return "\r\n".join(lines)
 
 
+def csv_row_text(columns, res: dict, *, terminal: bool) -> str:
+    """A row result as standard output gets it, the header before the first.
+
+    To a file or pipe: the export format (CRLF between lines, none after the
+    last), so that ``> FILE`` is byte for byte what ``-o FILE`` writes. To a
+    terminal: lines that end with a newline, so the prompt starts on a line
+    of its own.
+    """
+    line = csv_line(res.get(field, "") for _, field in columns)
+    if terminal:
+        head = csv_line(h for h, _ in columns) + "\n" if res["row"] == 1 else ""
+        return head + line + "\n"
+    if res["row"] == 1:
+        return csv_line(h for h, _ in columns) + "\r\n" + line
+    return "\r\n" + line
+
+
 # -- what XNAT holds -------------------------------------------------------------------
 
 
@@ -202,8 +219,8 @@ class FmrifList(ValidatedInterface):
     Writes the CSV that 'datalad fmrif-download' reads, to standard output or
     with -o to a FILE: by default one row per subject with the columns of
     XNAT's Processing Dashboard export ("Project","Subject"; every field
-    double-quoted, CRLF line ends), so that nobody needs to click through the
-    web page for it. With --sessions, one row per image session: Project,
+    double-quoted, CRLF line ends; to a terminal, ordinary line ends), so
+    that nobody needs to click through the web page for it. With --sessions, one row per image session: Project,
     Subject, Session (label), Accession ID, Date, Scans (scans with files),
     Files and Size (bytes) of all scan resources as XNAT lists them
     (session-level resources such as physio are not counted); nothing is
@@ -216,14 +233,6 @@ class FmrifList(ValidatedInterface):
     subjects with at least one such session, and fmrif-download then takes
     ALL sessions of those subjects: use --sessions to download only the
     sessions in range.
-
-    Requests, besides logging in once (the login request and xnatpy's five
-    set-up requests) and logging out (one): the subject list takes ONE
-    listing request (the project's subject listing; with --since/--until its
-    experiment listing instead, which carries subject labels and dates).
-    --sessions takes N + 1 listing requests for N sessions in range: one
-    listing of all sessions of the project, and one file listing per session
-    (four at a time).
 
     Subject labels are MRNs or names, session labels accession numbers: the
     output identifies study participants. A FILE is created readable by its
@@ -241,8 +250,8 @@ class FmrifList(ValidatedInterface):
             17-M-0181)."""),
         dataset=Parameter(
             args=("-d", "--dataset"),
-            doc="""dataset whose configuration (``datalad.fmrif.server``,
-            ``datalad.fmrif.credential``, ``datalad.fmrif.ca-bundle``) to
+            doc="""dataset whose configuration (`datalad.fmrif.server`,
+            `datalad.fmrif.credential`, `datalad.fmrif.ca-bundle`) to
             use. Default: the dataset at the current directory, if any, else
             the user's configuration. Nothing is written to it."""),
         server=Parameter(
@@ -306,10 +315,14 @@ class FmrifList(ValidatedInterface):
                                    **kw)
 
         if output is not None:
+            # before any request: the answer does not depend on XNAT
             output = os.path.abspath(os.path.expanduser(output))
             if os.path.lexists(output):
-                yield failed(f"{output} exists; it is not overwritten. Remove "
-                             "it or choose another file", path=output)
+                yield get_status_dict(
+                    action=ACTION, status="impossible", type="file", path=output,
+                    message=f"{output} exists; it is not overwritten (a subject "
+                    "list is never replaced by accident). Remove it or choose "
+                    "another file")
                 return
         try:
             xnat = xnat_session(command_config(dataset), server, credential)
@@ -375,12 +388,7 @@ class FmrifList(ValidatedInterface):
         columns = COLUMNS.get(res.get("type"))
         if (res.get("action") == ACTION and res.get("status") == "ok"
                 and columns and "row" in res):
-            line = csv_line(res.get(field, "") for _, field in columns)
-            if res["row"] == 1:
-                text = csv_line(header for header, _ in columns) + "\r\n" + line
-            else:
-                text = "\r\n" + line
-            _write_stdout(text)
+            _write_stdout(csv_row_text(columns, res, terminal=sys.stdout.isatty()))
             return
         msg = res.get("message") or ""
         if isinstance(msg, tuple):

@@ -130,43 +130,43 @@ class FmrifLogin(ValidatedInterface):
     request, and only then stores them as a DataLad credential: the password
     in the OS keyring (Secret Service, macOS Keychain, Windows Credential
     Locker), the user name and server in the user's git configuration
-    (``datalad.credential.<name>.*``). ``datalad credentials`` lists and
+    (`datalad.credential.<name>.*`). `datalad credentials` lists and
     removes it like any other DataLad credential.
 
     When standard input is not a terminal, the password is read from it (a
-    single line): ``echo "$PW" | datalad fmrif-login --user NAME`` works for
+    single line): `echo "$PW" | datalad fmrif-login --user NAME` works for
     automation, but puts the password through the shell; prefer
-    ``--import FILE``.
+    `--import FILE`.
 
-    The server is https://fmrif-xnat.nimh.nih.gov unless ``--server`` or the
-    configuration ``datalad.fmrif.server`` (of the dataset, else the user's)
-    say otherwise. The credential is named after the server (``fmrif-xnat``)
-    unless ``--credential`` or ``datalad.fmrif.credential`` name it.
+    The server is https://fmrif-xnat.nimh.nih.gov unless `--server` or the
+    configuration `datalad.fmrif.server` (of the dataset, else the user's)
+    say otherwise. The credential is named after the server (`fmrif-xnat`)
+    unless `--credential` or `datalad.fmrif.credential` name it.
 
     NIH accounts lock after a few failed logins: a password that XNAT rejected
     is remembered (as a salted one-way fingerprint) and never sent again, by
     any process, until a new credential is stored with this command.
 
     Batch jobs and compute nodes without a keyring can use DataLad's
-    environment variables ``DATALAD_CREDENTIAL_<NAME>_USER`` and
-    ``DATALAD_CREDENTIAL_<NAME>_SECRET`` (``-`` in the name becomes ``__``),
-    best with an alias token from ``--token``, which expires, rather than the
+    environment variables `DATALAD_CREDENTIAL_<NAME>_USER` and
+    `DATALAD_CREDENTIAL_<NAME>_SECRET` (`-` in the name becomes `__`),
+    best with an alias token from `--token`, which expires, rather than the
     password. TLS certificates are always verified; a site CA bundle can be
-    set with ``datalad.fmrif.ca-bundle`` or ``REQUESTS_CA_BUNDLE``.
+    set with `datalad.fmrif.ca-bundle` or `REQUESTS_CA_BUNDLE`.
     """
 
     _params_ = dict(
         dataset=Parameter(
             args=("-d", "--dataset"),
-            doc="""dataset whose configuration (``datalad.fmrif.server``,
-            ``datalad.fmrif.credential``, ``datalad.fmrif.ca-bundle``) to
+            doc="""dataset whose configuration (`datalad.fmrif.server`,
+            `datalad.fmrif.credential`, `datalad.fmrif.ca-bundle`) to
             use. Default: the dataset at the current directory, if any, else
             the user's configuration."""),
         server=Parameter(
             args=("--server",),
             metavar="URL",
             doc="""XNAT server URL. Default: configuration
-            ``datalad.fmrif.server``, else https://fmrif-xnat.nimh.nih.gov"""),
+            `datalad.fmrif.server`, else https://fmrif-xnat.nimh.nih.gov"""),
         user=Parameter(
             args=("--user",),
             metavar="NAME",
@@ -176,15 +176,15 @@ class FmrifLogin(ValidatedInterface):
             args=("--credential",),
             metavar="NAME",
             doc="""name of the DataLad credential (lower-case letters, digits,
-            '-'). Default: configuration ``datalad.fmrif.credential``, else
-            derived from the server (``fmrif-xnat``)"""),
+            '-'). Default: configuration `datalad.fmrif.credential`, else
+            derived from the server (`fmrif-xnat`)"""),
         import_file=Parameter(
             args=("--import",),
             dest="import_file",
             metavar="FILE",
             doc="""read user name and password from the YAML file of the
-            original tutorial (``username:`` and ``password:``, e.g.
-            ``~/.xnat``) instead of asking for them"""),
+            original tutorial (`username:` and `password:`, e.g.
+            `~/.xnat`) instead of asking for them"""),
         remove_imported=Parameter(
             args=("--remove-imported",),
             action="store_true",
@@ -194,7 +194,7 @@ class FmrifLogin(ValidatedInterface):
             args=("--token",),
             action="store_true",
             doc="""issue an XNAT alias token with the stored credential and
-            store it as the credential ``<name>-token``, with its expiry
+            store it as the credential `<name>-token`, with its expiry
             time, for compute nodes and batch jobs"""),
         check=Parameter(
             args=("--check",),
