@@ -52,6 +52,7 @@ from .provenance import (
     write_manifest,
 )
 from .remote_setup import ensure_remote
+from .report import excluded_series, session_message
 from .subjects import SubjectList, SubjectRequest
 from .xnat.catalog import project_subjects, session_catalog, subject_sessions
 from .xnat.errors import AccessDenied, BadResponse, NotFound, TransientError
@@ -160,12 +161,14 @@ class Download:
             try:
                 subjects = project_subjects(self.xnat, project)
             except (AccessDenied, NotFound) as e:
+                # one line for the project, however many subjects it has
                 why = ("you may not read project" if isinstance(e, AccessDenied)
                        else "there is no project")
-                for req in requests:
-                    yield self._result(
-                        "impossible", f"{self._line(req)}: {why} {project} on "
-                        f"{self.options.server}", type="subject")
+                who = (self._line(requests[0]) if len(requests) == 1
+                       else _subjects_on_lines(requests))
+                yield self._result(
+                    "impossible", f"{who}: {why} {project} on "
+                    f"{self.options.server}", type="project", project=project)
                 continue
             found = []
             for req in requests:
@@ -279,6 +282,8 @@ class Download:
                                 project=project, options=self.options.plan)
             for why in catalog.rejected:
                 lgr.warning("XNAT listing of session %s: %s", session.id, why)
+            for why in dict.fromkeys(why for _, why in plan.excluded):
+                lgr.debug("session %s: left out %s", session.id, why)
             if plan.problems:
                 yield self._result(
                     "error", f"session {session.id} not downloaded: "
@@ -534,7 +539,7 @@ class Download:
     def _session_results(self, planned: bool) -> Iterator[dict]:
         for w in self.work:
             s = w.session
-            where = common_dir([pf.path for pf in w.plan.files])
+            where = w.plan.folder or common_dir([pf.path for pf in w.plan.files])
             fields = dict(
                 type="session", xnat_session_id=s.id, xnat_subject_id=s.subject_id,
                 xnat_project=w.project, subject=w.plan.subject, session=w.plan.session,
@@ -542,6 +547,8 @@ class Download:
                 files_changed=len(w.changed), files_failed=len(w.failed),
                 files_excluded=len(w.plan.excluded),
                 bytes=sum(pf.size for pf in w.plan.files),
+                bytes_new=sum(pf.size for pf in w.new),
+                dry_run=planned, no_content=self.options.no_content,
             )
             for path, why in sorted(w.failed.items()):
                 yield self._result("error", why, path=path, type="file",
@@ -551,19 +558,23 @@ class Download:
                     "impossible", f"changed on XNAT (now MD5 {md5}); the dataset "
                     "keeps its version, see the session manifest", path=path,
                     type="file", xnat_session_id=s.id)
-            verb = "would download" if planned else "downloaded"
-            counts = (f"{len(w.new)} new, {len(w.present)} already present, "
-                      f"{len(w.plan.excluded)} excluded")
-            if planned:
-                status = "ok"
-            elif w.failed:
+            if w.failed and not planned:
                 status = "error"
-            elif w.new:
+            elif w.new or w.failed:
                 status = "ok"
-            else:
+            else:  # nothing to do, in a dry run as in a download
                 status = "notneeded"
-            yield self._result(status, f"session {s.id}: {verb} {counts}",
-                               path=where, **fields)
+            yield self._result(status, session_message(
+                s.id, new=len(w.new), new_bytes=fields["bytes_new"],
+                present=len(w.present), excluded=len(w.plan.excluded),
+                excluded_series=excluded_series(w.plan), dry_run=planned,
+                no_content=self.options.no_content), path=where, **fields)
+
+
+def _subjects_on_lines(requests: list[SubjectRequest]) -> str:
+    """Several subjects of the list, by line: never by label (an identifier)."""
+    lines = ", ".join(str(r.line) for r in requests)
+    return f"{len(requests)} subjects (lines {lines} of the list)"
 
 
 def _summary(work: list[_SessionWork]) -> dict:

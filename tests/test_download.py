@@ -14,6 +14,7 @@ from pathlib import Path
 import datalad.api as dl
 
 from datalad_fmrif.credentials import default_credential_name
+from datalad_fmrif.report import plural, size_text
 from datalad_fmrif.sandbox import StudySpec
 from helpers import (
     PROJECT,
@@ -169,6 +170,8 @@ def test_no_content_then_get_and_drop(tmp_path, sb, ds):
     sb.clear_requests()
     res = download(ds, sb, csv, no_content=True)
     assert by_status(res, "session").keys() == {"ok"}
+    # says what it did: nothing was downloaded
+    assert all(": registered " in r["message"] for r in res if r["type"] == "session")
     assert content_gets(sb) == []
     files = annexed_files(ds)
     assert files
@@ -276,10 +279,15 @@ def test_missing_subject_and_forbidden_project_among_good_ones(tmp_path, sb, ds)
         (PROJECT, good.label, "P01"),
         (PROJECT, "49999999", "P02"),
         ("01-M-0192", other.label, "P03"),
+        ("99-M-9999", "40000001", "P04"),
+        ("99-M-9999", "40000002", "P05"),
     ])
     res = download(ds, sb, csv)
     impossible = by_status(res)["impossible"]
-    assert len(impossible) == 2
+    assert len(impossible) == 3
+    # a project that does not exist: one line for it, not one per subject
+    assert [r["message"] for r in impossible if "99-M-9999" in r["message"]] == [
+        f"2 subjects (lines 5, 6 of the list): there is no project 99-M-9999 on {sb.url}"]
     assert any("line 3" in r["message"] and "not a subject" in r["message"]
                for r in impossible)
     assert any("line 4" in r["message"] and "may not read" in r["message"]
@@ -313,6 +321,66 @@ def test_dry_run_changes_nothing(tmp_path, sb, ds):
     assert content_gets(sb) == []
     assert git(ds, "rev-parse", "HEAD") == head
     assert git(ds, "status", "--porcelain") == ""
+
+
+def test_cli_dry_run_shows_bytes_and_names_excluded_series(tmp_path, sb, ds):
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    proc = subprocess.run(
+        ["datalad", "fmrif-download", "-d", ds.path, "--server", sb.url,
+         "--dry-run", str(csv)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sessions = sb.study.sessions(subs[0].id)
+    want = expected_files(sb, subs)
+    size = sum(f.size for e in sessions for f in sb.study.files(e.id)
+               if (e.id, f.scan_id, f.name) in want)
+    assert (f"Dry run, nothing changed. {plural(len(sessions), 'session')}: "
+            f"{plural(len(want), 'new file')} ({size_text(size)}) to download"
+            in proc.stdout)
+    for e in sessions:
+        line = next(line for line in proc.stdout.splitlines() if e.id in line)
+        assert "would download" in line and "B), 0 already present" in line
+        for scan in sb.study.scans(e.id):
+            if scan.type in ("REQUISITION", "SCREEN-SAVE", "SAVE"):
+                assert f"(series {scan.series_description or scan.type}" in line
+
+
+def test_sessions_without_a_match_are_named_by_their_folder(tmp_path, sb, ds):
+    """Dry run, download and fmrif-status name a session the series filter
+    leaves empty by its folder, never by where the manifests are."""
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    n = len(sb.study.sessions(subs[0].id))
+    want = [str(ds.pathobj / f"sub-P01/ses-{i:02d}") for i in range(1, n + 1)]
+
+    def folders(res):
+        return sorted(r["path"] for r in res if r["type"] == "session")
+
+    planned = download(ds, sb, csv, include_series="no-such-series", dry_run=True)
+    assert folders(planned) == want
+    assert by_status(planned, "session").keys() == {"notneeded"}
+    done = download(ds, sb, csv, include_series="no-such-series", no_content=True)
+    assert folders(done) == want
+    checked = ds.fmrif_status(result_renderer="disabled", return_type="list")
+    assert folders(checked) == want
+
+    # on the command line it reads like datalad status: the state first,
+    # nothing for sessions as recorded, exit 0 (news, not a failure)
+    added = sb.study.add_session(subs[0].id)
+    proc = subprocess.run(["datalad", "fmrif-status"], cwd=ds.path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"untracked: sub-P01/ses-{n + 1:02d} (session) [session {added.id} is on "
+        "XNAT, not in the dataset; fmrif-download takes it]",
+        f"{n + 1} sessions checked against XNAT: {n} as recorded, 1 untracked"]
+
+
+def test_outside_a_dataset_the_hint_says_how_to_make_one(tmp_path):
+    for command in (["fmrif-download", "--keep-labels", "list.txt"], ["fmrif-status"]):
+        proc = subprocess.run(["datalad", *command], cwd=tmp_path,
+                              capture_output=True, text=True)
+        assert proc.returncode == 1
+        assert "datalad create study" in proc.stdout and "-d PATH" in proc.stdout
+        assert "NoDatasetFound" not in proc.stdout + proc.stderr
 
 
 def test_supplementary_and_series_filters(tmp_path, sb, ds):

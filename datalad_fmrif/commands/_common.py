@@ -30,6 +30,31 @@ def xnat_session(cfg, server: str | None, credential: str | None) -> XnatSession
     return XnatSession(server_url, cred, verify=resolve_verify(cfg))
 
 
+class NotInDataset(ValueError):
+    """The command needs a dataset, and none was given or is here."""
+
+
+def dataset_here(purpose: str):
+    """The dataset of the current directory, or NotInDataset with the hint a
+    new user needs (DataLad's own NoDatasetFound names no way out)."""
+    from datalad.distribution.dataset import require_dataset
+    from datalad.support.exceptions import NoDatasetFound
+
+    try:
+        return require_dataset(None, check_installed=True, purpose=purpose)
+    except NoDatasetFound:
+        raise NotInDataset(
+            f"{os.getcwd()} is not in a DataLad dataset to {purpose}: create "
+            "one first ('datalad create study', then 'cd study'), or name "
+            "one with -d PATH") from None
+
+
+def not_in_dataset(action: str, error: NotInDataset) -> dict:
+    """The result that says so."""
+    return {"action": action, "status": "impossible", "message": str(error),
+            "path": os.getcwd(), "type": "dataset"}
+
+
 def command_config(dataset):
     """The dataset's configuration (given, or at the current directory), else
     the user's; re-read if another configuration manager in this process

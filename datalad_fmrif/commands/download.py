@@ -29,6 +29,7 @@ from ..credentials import CredentialError
 from ..download import ACTION, Download, DownloadOptions
 from ..plan import DEFAULT_EXCLUDE_SERIES, DEFAULT_TEMPLATE, PlanError, PlanOptions
 from ..remote_setup import RemoteSetupError
+from ..report import download_summary
 from ..subjects import (
     SubjectListError,
     apply_pseudonyms,
@@ -36,7 +37,7 @@ from ..subjects import (
     read_pseudonyms,
 )
 from ..xnat.errors import XnatError
-from ._common import xnat_session
+from ._common import NotInDataset, dataset_here, not_in_dataset, xnat_session
 
 lgr = logging.getLogger("datalad.fmrif.commands.download")
 
@@ -186,7 +187,7 @@ class FmrifDownload(ValidatedInterface):
                      "--pseudonyms ~/secure/pseudonyms.csv subjects.txt"},
         {"text": "Register only (no content), fetch one subject later",
          "code_cmd": "datalad fmrif-download --no-content subjects.csv && "
-                     "datalad get sub-01"},
+                     "datalad get sub-P01"},
     ]
 
     @staticmethod
@@ -197,7 +198,11 @@ class FmrifDownload(ValidatedInterface):
                  keep_labels=False, include_series=None,
                  exclude_series=DEFAULT_EXCLUDE_SERIES, resource=None,
                  no_content=False, jobs=4, dry_run=False, message=None):
-        ds = dataset.ds if dataset else _current_dataset()
+        try:
+            ds = dataset.ds if dataset else dataset_here("download XNAT data into")
+        except NotInDataset as e:
+            yield not_in_dataset(ACTION, e)
+            return
 
         def failed(msg, status="impossible"):
             return {"action": ACTION, "status": status, "message": msg,
@@ -257,23 +262,8 @@ class FmrifDownload(ValidatedInterface):
         sessions = [r for r in results
                     if r.get("action") == ACTION and r.get("type") == "session"
                     and "files_new" in r]
-        if not sessions:
-            return
-        total = {k: sum(r.get(k, 0) for r in sessions)
-                 for k in ("files_new", "files_present", "files_changed",
-                           "files_failed", "files_excluded")}
-        ui.message(
-            f"{len(sessions)} sessions: {total['files_new']} new files, "
-            f"{total['files_present']} already present, "
-            f"{total['files_changed']} changed on XNAT, "
-            f"{total['files_failed']} failed, {total['files_excluded']} excluded")
-
-
-def _current_dataset():
-    from datalad.distribution.dataset import require_dataset
-
-    return require_dataset(None, check_installed=True,
-                           purpose="download XNAT data into")
+        if sessions:
+            ui.message(download_summary(sessions))
 
 
 def _read_subjects(subjects: str, project, pseudonyms):

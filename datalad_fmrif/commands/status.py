@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from datalad_next.commands import (
@@ -16,17 +17,18 @@ from datalad_next.commands import (
 from datalad_next.constraints import EnsureDataset, EnsureListOf, EnsureStr
 
 from ..credentials import CredentialError
-from ..plan import plan_session
+from ..plan import PlanError, name_sessions, plan_session, sanitize_label, session_folder
 from ..provenance import (
     common_dir,
     compare_session,
     load_manifests,
     options_from_record,
 )
+from ..report import status_line, status_summary
 from ..xnat.catalog import session_catalog, subject_sessions
 from ..xnat.errors import AccessDenied, NotFound, XnatError
 from ..xnat.records import Session, Subject
-from ._common import xnat_session
+from ._common import NotInDataset, dataset_here, not_in_dataset, xnat_session
 
 lgr = logging.getLogger("datalad.fmrif.commands.status")
 
@@ -45,6 +47,14 @@ class FmrifStatus(ValidatedInterface):
     ('deleted'), and files and sessions on XNAT that the dataset does not
     have ('untracked'). Changes nothing; run fmrif-download to take what is
     new.
+
+    Like 'datalad status', it writes one line per difference, the state
+    first ('untracked: sub-P01/ses-03 (session)'), says nothing about
+    sessions that are as recorded (state 'clean'; '-f json' shows them
+    too), ends with a count of the sessions checked, and exits 0 whatever
+    it found: differences are news, not failures. Scripts read the 'state'
+    field of '-f json'. A non-zero exit means the check itself failed (no
+    credential, XNAT unreachable).
     """
 
     _validator_ = EnsureCommandParameterization(dict(
@@ -71,17 +81,32 @@ class FmrifStatus(ValidatedInterface):
             args=("path",),
             nargs="*",
             metavar="PATH",
-            doc="""only sessions with files under these paths."""),
+            doc="""only sessions under these paths (a subject's or a
+            session's folder, or a file of the session)."""),
     )
+
+    _examples_ = [
+        {"text": "Is every downloaded session still what XNAT lists?",
+         "code_cmd": "datalad fmrif-status"},
+        {"text": "Only the sessions of one subject",
+         "code_cmd": "datalad fmrif-status sub-P01"},
+        {"text": "Every session and file as a JSON record, with its 'state', "
+                 "for a script",
+         "code_cmd": "datalad -f json fmrif-status"},
+    ]
+
+    # the state first, like 'datalad status': see custom_result_renderer()
+    result_renderer = "tailored"
 
     @staticmethod
     @datasetmethod(name="fmrif_status")
     @eval_results
     def __call__(path=None, *, dataset=None, server=None, credential=None):
-        from datalad.distribution.dataset import require_dataset
-
-        ds = dataset.ds if dataset else require_dataset(
-            None, check_installed=True, purpose="check against XNAT")
+        try:
+            ds = dataset.ds if dataset else dataset_here("check against XNAT")
+        except NotInDataset as e:
+            yield not_in_dataset(ACTION, e)
+            return
         root = Path(ds.path)
 
         def result(status, message, *, where=None, type="session", **fields):
@@ -90,17 +115,18 @@ class FmrifStatus(ValidatedInterface):
                         type=type, refds=str(root), **fields)
 
         try:
-            manifests = load_manifests(root)
+            every = manifests = load_manifests(root)
         except ValueError as e:
             yield result("error", str(e), type="dataset")
             return
+        prefixes = None
         if path:
             prefixes = [str((Path.cwd() / p).resolve().relative_to(root.resolve()))
                         .rstrip("/") for p in path]
-            manifests = {
-                sid: m for sid, m in manifests.items()
-                if any(f["path"] == p or f["path"].startswith(p + "/") or p == "."
-                       for f in m["files"] for p in prefixes)}
+            # a session by its files, or by its folder (it may have none)
+            manifests = {sid: m for sid, m in manifests.items()
+                         if _under(_folder(m), prefixes)
+                         or any(_under(f["path"], prefixes) for f in m["files"])}
         if not manifests:
             yield result("notneeded", "no downloaded sessions to check",
                          type="dataset")
@@ -117,35 +143,121 @@ class FmrifStatus(ValidatedInterface):
             return
         try:
             with xnat:
-                yield from _check(xnat, manifests, result)
+                yield from _check(xnat, manifests, every, prefixes, result)
         except XnatError as e:
             yield result("error", str(e), type="dataset")
 
+    @staticmethod
+    def custom_result_renderer(res, **kwargs):
+        """``  untracked: sub-P01/ses-03 (session) [...]``; clean is silent."""
+        from datalad.interface.utils import generic_result_renderer
+        from datalad.ui import ui
 
-def _check(xnat, manifests: dict, result):
+        if res.get("action") == ACTION and res.get("status") == "notneeded":
+            ui.message(res.get("message", ""))  # e.g. nothing to check
+            return
+        if (res.get("action") != ACTION or res.get("status") != "ok"
+                or "state" not in res):
+            generic_result_renderer(res)
+            return
+        if res["state"] == "clean":
+            return
+        path = res.get("path", "")
+        if res.get("refds"):
+            path = os.path.relpath(path, res["refds"])
+        ui.message(status_line(res["state"], path, res.get("type", ""),
+                               res.get("message", "")))
+
+    @staticmethod
+    def custom_result_summary_renderer(results):
+        from datalad.ui import ui
+
+        states: dict[str, int] = {}
+        for r in results:
+            if (r.get("action") == ACTION and r.get("type") == "session"
+                    and r.get("state")):
+                states[r["state"]] = states.get(r["state"], 0) + 1
+        if states:
+            ui.message(status_summary(states))
+
+
+def _folder(manifest: dict, session_name: str | None = None,
+            session_id: str | None = None) -> str:
+    """Where a session's files are (or would go) in the dataset: the folder
+    its recorded path template gives it, as fmrif-download reports it."""
+    values = {"subject": manifest["subject"]["name"],
+              "session": session_name or manifest["session"]["name"],
+              "subject_id": manifest["subject"]["id"],
+              "session_id": session_id or manifest["session"]["id"],
+              "project": manifest["project"]}
+    folder = session_folder(options_from_record(manifest["options"]).template, values)
+    if folder or session_name:
+        return folder
+    return common_dir([f["path"] for f in manifest["files"]])
+
+
+def _new_session_names(manifests: list[dict], sessions: list[Session]) -> dict:
+    """The names fmrif-download would give a subject's sessions: the XNAT
+    label under --keep-labels (the manifests then record labels), else the
+    next numbers in acquisition order after those already given."""
+    if any("label" in m["subject"] for m in manifests):
+        try:
+            return {s.id: sanitize_label(s.label) for s in sessions}
+        except PlanError:
+            return {}
+    try:
+        return name_sessions(sessions, {m["session"]["id"]: m["session"]["name"]
+                                        for m in manifests})
+    except PlanError:
+        return {}
+
+
+def _under(path: str, prefixes: list[str] | None) -> bool:
+    """Is the dataset path one of the given ones or under them (no paths:
+    everything is)?"""
+    if prefixes is None:
+        return True
+    return any(path == p or path.startswith(p + "/") or p == "." for p in prefixes)
+
+
+def _check(xnat, manifests: dict, every: dict, prefixes, result):
+    """Check the sessions of *manifests* (those the paths selected); sessions
+    on XNAT that *every* manifest of the dataset lacks are untracked, and
+    reported when their folder is under the paths (*prefixes*)."""
     subjects = {}
     for m in manifests.values():
-        subjects.setdefault((m["project"], m["subject"]["id"]), m["subject"]["name"])
-    for (project, subject_id), name in sorted(subjects.items()):
+        subjects.setdefault((m["project"], m["subject"]["id"]), [])
+    for m in every.values():
+        key = (m["project"], m["subject"]["id"])
+        if key in subjects:
+            subjects[key].append(m)
+    for (project, subject_id), recorded in sorted(subjects.items()):
         try:
             sessions = subject_sessions(
                 xnat, Subject(project=project, id=subject_id, label=""))
         except (NotFound, AccessDenied) as e:
+            folders = [_folder(m) for m in recorded]
             yield result("ok", f"subject {subject_id}: {e}", type="subject",
+                         where=os.path.commonpath(folders) if all(folders) else None,
                          state="deleted", xnat_subject_id=subject_id)
             continue
         listed = {s.id: s for s in sessions}
+        names = _new_session_names(recorded, sessions)
         for s in sessions:
-            if s.id not in manifests:
-                yield result("ok", f"session {s.id} of sub-{name} is on XNAT, not "
-                             "in the dataset", state="untracked",
-                             xnat_session_id=s.id)
+            if s.id in every:
+                continue
+            where = (_folder(recorded[0], names[s.id], s.id) if s.id in names
+                     else "")
+            if _under(where or ".", prefixes):
+                yield result("ok", f"session {s.id} is on XNAT, not in the "
+                             "dataset; fmrif-download takes it", where=where,
+                             state="untracked", xnat_session_id=s.id)
         for sid, m in sorted(manifests.items()):
             if m["subject"]["id"] != subject_id or m["project"] != project:
                 continue
             if sid not in listed:
                 yield result("ok", f"session {sid} is no longer listed by XNAT",
-                             state="deleted", xnat_session_id=sid)
+                             where=_folder(m), state="deleted", xnat_session_id=sid)
                 continue
             yield from _check_session(xnat, m, listed[sid], result)
 
@@ -166,6 +278,7 @@ def _check_session(xnat, manifest: dict, session: Session, result):
         counts[state] = counts.get(state, 0) + 1
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     yield result("ok", f"session {session.id}: " + (summary or "as recorded"),
-                 where=common_dir([f["path"] for f in manifest["files"]]),
+                 where=_folder(manifest),
                  state="modified" if differences else "clean",
                  xnat_session_id=session.id)
+
