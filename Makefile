@@ -30,7 +30,7 @@ test: venv secret-service docs
 
 demo: venv secret-service
 	@home=$$(mktemp -d) && \
-	  HOME=$$home tools/with-keyring $(PY) -m datalad_fmrif.sandbox.demo; \
+	  HOME=$$home tools/with-keyring $(PY) -m datalad_fmrif.sandbox.demo $(DEMO_ARGS); \
 	  rc=$$?; rm -rf $$home; exit $$rc
 
 # The documentation site. docs/transcripts.py runs every command the pages

@@ -31,8 +31,9 @@ def steps() -> list[tuple[str, str, str]]:
     first = "sub-P01/ses-01"
     return [
         ("old-credentials",
-         "The tutorial this replaces kept the NIH password in ~/.xnat:",
-         "cat ~/.xnat | sed 's/password: .*/password: ********/'"),
+         "The tutorial this replaces kept the NIH password in ~/.xnat (shown "
+         "here with the password masked):",
+         "sed 's/password: .*/password: ********/' ~/.xnat"),
         ("login",
          "Move it into the OS keyring (checked with one login request first):",
          "datalad fmrif-login --import ~/.xnat --remove-imported"),
@@ -47,7 +48,11 @@ def steps() -> list[tuple[str, str, str]]:
          "and names.",
          "cat pseudonyms.csv"),
         ("create", "A dataset for the study:", "datalad create study"),
-        ("download", "Download (a dry run first would show the plan):",
+        ("dry-run", "What a download would take (files, bytes, the series "
+         "left out), changing nothing:",
+         "cd study && datalad fmrif-download --dry-run --pseudonyms "
+         "../pseudonyms.csv ../processing_data.csv"),
+        ("download", "Download:",
          "cd study && datalad fmrif-download --pseudonyms ../pseudonyms.csv "
          "../processing_data.csv"),
         ("tree", "What arrived (REQUISITION/SCREEN-SAVE/SAVE series are left "
@@ -76,7 +81,8 @@ def steps() -> list[tuple[str, str, str]]:
 
 def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m datalad_fmrif.sandbox.demo")
-    parser.add_argument("--workdir", help="where to work (default: a temp dir)")
+    parser.add_argument("--workdir", help="where to work; kept afterwards "
+                        "(default: a temporary directory, removed at the end)")
     args = parser.parse_args(argv)
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fmrif-demo-"))
@@ -103,11 +109,14 @@ def run(argv: list[str] | None = None) -> int:
                 f"{label},P{i:02d}\n" for i, label in enumerate(labels, 1)))
 
         print(f"Sandbox XNAT at {sb.url} (synthetic data; user {sb.user!r})")
-        print(f"Working in {work}\n")
+        if args.workdir:
+            print(f"Working in {work} (kept afterwards)\n")
+        else:
+            print(f"Working in {work}, a temporary directory that is removed at "
+                  "the end (--workdir DIR keeps the results)\n")
         for name, text, command in steps():
             print(textwrap.fill(f"# {text}", 78, subsequent_indent="# "))
-            shown = command.replace(" | sed 's/password: .*/password: ********/'", "")
-            print(f"$ {shown}")
+            print(f"$ {command}")
             proc = subprocess.run(["bash", "-c", command], cwd=work, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True)
