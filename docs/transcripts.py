@@ -113,15 +113,25 @@ class Story:
         """Output as the page shows it: paths under HOME start with '~'."""
         return text.replace(str(self.home), "~")
 
-    def run(self, step: Step) -> tuple[int, str]:
+    def run(self, step: Step) -> tuple[int, list[str]]:
+        """Exit status of the step's last command, and each command's output.
+
+        The commands run in one shell (an ``export`` or ``source`` holds for
+        those after it); a marker line between them tells their outputs
+        apart, so the page shows each command above what it printed.
+        """
         cwd = self.home / step.cwd
         if step.answers:
-            return self._run_on_terminal(step, cwd)
-        proc = subprocess.run(["bash", "-c", step.command], cwd=cwd, env=self.env,
+            code, output = self._run_on_terminal(step, cwd)
+            return code, [output]
+        commands = split_commands(step.command)
+        script = f"\nprintf '\\n%s\\n' '{NEXT_COMMAND}'\n".join(commands)
+        proc = subprocess.run(["bash", "-c", script], cwd=cwd, env=self.env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL, timeout=STEP_TIMEOUT,
                               check=False)
-        return proc.returncode, proc.stdout.decode("utf-8", "replace")
+        output = proc.stdout.decode("utf-8", "replace")
+        return proc.returncode, output.split(f"\n{NEXT_COMMAND}\n")
 
     def _run_on_terminal(self, step: Step, cwd: Path) -> tuple[int, str]:
         """Run on a pseudo-terminal and type the answers to its prompts:
@@ -156,13 +166,44 @@ class Story:
         text = seen.decode("utf-8", "replace").replace("\r\n", "\n")
         return os.waitstatus_to_exitcode(status), text
 
-    def write(self, step: Step, code: int, output: str) -> None:
-        lines = [f"$ {line}" if n == 0 else f"> {line}"
-                 for n, line in enumerate(step.command.splitlines())]
-        if step.cwd != ".":
-            lines[0] = f"$ cd ~/{step.cwd}\n" + lines[0]
-        text = "\n".join(lines) + "\n" + self.shown(output).rstrip() + "\n"
-        (self.out / f"{step.name}.txt").write_text(text, encoding="utf-8")
+    def write(self, step: Step, outputs: list[str]) -> None:
+        commands = ([step.command] if step.answers
+                    else split_commands(step.command))
+        (self.out / f"{step.name}.txt").write_text(
+            transcript(commands, [self.shown(o) for o in outputs],
+                       cwd=None if step.cwd == "." else f"~/{step.cwd}"),
+            encoding="utf-8")
+
+
+#: printed between two commands of a step, to tell their outputs apart
+NEXT_COMMAND = "@@fmrif-transcript: next command@@"
+
+
+def split_commands(script: str) -> list[str]:
+    """The commands of a step, one per entry: a line that continues an open
+    parenthesis or brace, or a line ending in '\\', '|' or '&&', belongs to
+    the command before it."""
+    commands: list[str] = []
+    depth = 0
+    for line in script.splitlines():
+        if commands and (depth > 0 or commands[-1].rstrip().endswith(("\\", "|", "&&"))):
+            commands[-1] += "\n" + line
+        else:
+            commands.append(line)
+        depth += line.count("(") + line.count("{") - line.count(")") - line.count("}")
+    return commands
+
+
+def transcript(commands: list[str], outputs: list[str], cwd: str | None = None) -> str:
+    """Each command after a '$' prompt (its continuation lines indented, not
+    behind a '>' prompt that reads like a heredoc), then what it printed."""
+    parts = [f"$ cd {cwd}"] if cwd else []
+    for command, output in zip(commands, outputs):
+        first, *rest = command.splitlines()
+        parts.append("\n".join([f"$ {first}"] + [f"  {line}" for line in rest]))
+        if output.strip():
+            parts.append(output.strip("\n").rstrip())
+    return "\n".join(parts) + "\n"
 
 
 def steps(story: Story) -> list[Step]:
@@ -214,7 +255,7 @@ def steps(story: Story) -> list[Step]:
              cwd="study"),
         Step("log", "git log --format='%h %s'", cwd="study"),
         Step("run-record", "git log -1 --format=%B", cwd="study"),
-        Step("manifest", f"head -n 16 {manifest}\necho ...\ntail -n 26 {manifest}",
+        Step("manifest", f"head -n 16 {manifest}\ntail -n 26 {manifest}",
              cwd="study"),
         Step("whereis", f"git annex whereis {t1}/*.dcm | head -n 6", cwd="study"),
         Step("metadata", f"git annex metadata {t1}/*.dcm | head -n 24 | grep -v lastchanged",
@@ -290,8 +331,9 @@ def run(argv: list[str] | None = None) -> int:
             if step.before:
                 step.before(story)
             t0 = time.monotonic()
-            code, output = story.run(step)
-            story.write(step, code, output)
+            code, outputs = story.run(step)
+            story.write(step, outputs)
+            output = "\n".join(outputs)
             took = time.monotonic() - t0
             print(f"  {step.name:<18} {took:5.1f}s  exit {code}", file=sys.stderr)
             if bool(code) != step.fails:

@@ -122,3 +122,61 @@ def test_provenance_page_names_every_recorded_field(what, keys):
     missing = sorted(k for k in found if f"`{k}`" not in page
                      and not re.search(rf"`[^`]*\b{re.escape(k)}\b[^`]*`", page))
     assert not missing, f"docs/provenance.md does not explain these {what}: {missing}"
+
+
+# -- what the built pages look like ------------------------------------------------------
+
+
+def test_built_pages_are_checked_for_error_boxes():
+    import fmrif_docs
+
+    furo_box = '<div class="contents local topic" id="commands">'
+    assert fmrif_docs.html_problems(furo_box)
+    assert fmrif_docs.html_problems('<div class="system-message">')
+    escape = '<div class="contents this-will-duplicate-information-and-it-is-still-useful-here">'
+    clean = ('<div class="toc-tree-container"><div class="content">'
+             '<div class="highlight-console notranslate">' + escape)
+    assert fmrif_docs.html_problems(clean) == []
+    for name, text in pages().items():
+        assert ".. contents::" not in text and "{contents}" not in text, name
+
+
+def test_transcripts_show_each_command_above_its_output():
+    sys.path.insert(0, str(DOCS))
+    import transcripts
+
+    step = "datalad drop X\ndatalad get X"
+    commands = transcripts.split_commands(step)
+    assert commands == ["datalad drop X", "datalad get X"]
+    assert transcripts.transcript(commands, ["drop(ok): X\n", "get(ok): X\n"],
+                                  cwd="~/study") == (
+        "$ cd ~/study\n$ datalad drop X\ndrop(ok): X\n$ datalad get X\nget(ok): X\n")
+    compound = "( umask 077\n  { echo a\n  } > f )\nls -l f"
+    commands = transcripts.split_commands(compound)
+    assert commands == ["( umask 077\n  { echo a\n  } > f )", "ls -l f"]
+    text = transcripts.transcript(commands, ["", "-rw------- f"])
+    assert "\n> " not in text and text.startswith("$ ( umask 077\n    { echo a")
+
+
+def test_troubleshooting_shows_messages_not_templates():
+    import fmrif_docs
+
+    parts = fmrif_docs.message_parts("no credential '<name>' for <server_url>: <…>")
+    assert parts == [("no credential '", "name"), ("' for ", "server URL"),
+                     (": ", "…"), ("", "")]
+    assert fmrif_docs.shown_words("<who>: <e>") == ""
+    assert fmrif_docs.shown_words("cannot write <output>") == "cannot write"
+
+
+def test_command_help_writes_code_like_datalad_and_examples_are_shell():
+    import fmrif_docs
+
+    from datalad_fmrif import command_suite
+
+    for _, _, name, _ in command_suite[1]:
+        parser = fmrif_docs._command_parsers()[name]
+        assert "``" not in parser.format_help(), name
+        rst = fmrif_docs.command_rst(name)
+        assert not any(line.lstrip().startswith("% ") for line in rst), name
+    assert fmrif_docs._console_examples(["Check it::", "", "   % datalad x"]) == [
+        "Check it:", "", ".. code-block:: console", "", "   $ datalad x"]

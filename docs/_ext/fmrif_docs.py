@@ -20,12 +20,15 @@ Checks, reported as warnings (``-W`` makes them errors):
 
 - a message in the code that no ``fmrif-messages`` block shows;
 - a ``fmrif-messages`` line that no message in the code contains any more;
-- a transcript that is missing, or one written but shown on no page.
+- a transcript that is missing, or one written but shown on no page;
+- a built page that shows an error box although Sphinx warned of nothing
+  (Furo's red box on a ``.. contents::`` block, docutils' system messages).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from pathlib import Path
 from typing import ClassVar
@@ -64,6 +67,29 @@ def _indent(text: str, prefix: str = "   ") -> list[str]:
             textwrap.dedent(text).strip("\n").splitlines()]
 
 
+def _literals(text: str) -> str:
+    """`x` as the help writes it (like DataLad's own) -> ``x``, code in rST."""
+    return re.sub(r"(?<![`\w])`([^`\n]+)`(?![`\w])", r"``\1``", text)
+
+
+def _console_examples(lines: list[str]) -> list[str]:
+    """DataLad's examples (``Text::`` and an indented ``% datalad ...``) as
+    shell sessions: a ``$`` prompt and console highlighting, not Python's."""
+    out: list[str] = []
+    for n, line in enumerate(lines):
+        following = next((x for x in lines[n + 1:] if x.strip()), "")
+        if line.endswith("::") and following.lstrip().startswith("% "):
+            text = line[:-2].rstrip()
+            if text and text[-1] not in ".?!:":
+                text += ":"
+            out += [text, "", ".. code-block:: console"]
+        elif line.lstrip().startswith("% "):
+            out.append(line.replace("% ", "$ ", 1))
+        else:
+            out.append(line)
+    return out
+
+
 def command_rst(name: str) -> list[str]:
     """reStructuredText for ``datalad NAME``, from its parser."""
     parser = _command_parsers()[name]
@@ -74,7 +100,8 @@ def command_rst(name: str) -> list[str]:
     lines = [f".. _cmd-{name}:", "", program, "-" * len(program), "",
              summary.strip(), "", ".. code-block:: text", ""]
     lines += _indent(parser.format_usage().strip())
-    lines += ["", *textwrap.dedent(description).strip("\n").splitlines(), ""]
+    lines += ["", *_console_examples(
+        _literals(textwrap.dedent(description)).strip("\n").splitlines()), ""]
     lines += [".. rubric:: Options", "", f".. program:: {program}", ""]
     for action in parser._actions:
         if "--help" in action.option_strings:
@@ -87,7 +114,7 @@ def command_rst(name: str) -> list[str]:
                 spec = ", ".join(f"{o} {args}" for o in action.option_strings)
         else:
             spec = formatter._format_args(action, action.dest)
-        help_text = formatter._expand_help(action) if action.help else ""
+        help_text = _literals(formatter._expand_help(action)) if action.help else ""
         lines += [f".. option:: {spec}", ""] + _indent(help_text) + [""]
     lines += [("Common options of every DataLad command (``-f json``, ``-c`` "
                "and others) are listed by ``datalad --help``."), ""]
@@ -181,23 +208,50 @@ class MessagesDirective(SphinxDirective):
         used = getattr(self.env, "fmrif_patterns", [])
         used += patterns
         self.env.fmrif_patterns = used
-        # one item per text, however many places and ways it is given
-        by_text: dict[str, list] = {}
-        for message in found:
-            by_text.setdefault(message.text, []).append(message)
+        # one item per text, however many places and ways it is given; the
+        # module and kind are for maintainers (the build's warnings name
+        # them), the page shows what a researcher sees
         items = nodes.bullet_list(classes=["fmrif-messages"])
-        for text, messages in by_text.items():
-            kinds = dict.fromkeys(m.kind.removeprefix("result:") for m in messages)
-            modules = dict.fromkeys(
-                place.split(":")[0].removeprefix("datalad_fmrif/")
-                for m in messages for place in m.places)
-            source = f"({', '.join(kinds)}; {', '.join(modules)})"
-            para = nodes.paragraph()
-            para += nodes.literal(text, text)
-            para += nodes.Text(" ")
-            para += nodes.inline(source, source, classes=["fmrif-message-source"])
+        for text in dict.fromkeys(m.text for m in found):
+            if not shown_words(text):
+                continue  # nothing but values: the heading and cause say it
+            para = nodes.paragraph(classes=["fmrif-message"])
+            for literal, name in message_parts(text):
+                if literal:
+                    para += nodes.Text(literal)
+                if name:
+                    para += nodes.emphasis(name, name, classes=["fmrif-value"])
             items += nodes.list_item("", para)
-        return [items]
+        return [items] if items.children else []
+
+
+_PLACEHOLDER = re.compile(r"<([^<>]*)>")
+
+
+def message_parts(text: str) -> list[tuple[str, str]]:
+    """A message template as (text, value) pairs: a value filled in at run
+    time (``<server_url>``, ``<…>``) becomes a readable name (``server
+    URL``, ``…``) that the page sets apart from the words around it."""
+    parts = []
+    last = 0
+    for match in _PLACEHOLDER.finditer(text):
+        parts.append((text[last:match.start()], _value_name(match.group(1))))
+        last = match.end()
+    parts.append((text[last:], ""))
+    return parts
+
+
+def _value_name(name: str) -> str:
+    words = name.replace("_", " ").strip()
+    if len(words) <= 1 or words == "…":
+        return "…"
+    words = re.sub(r"\bvar$", "variable", words)
+    return re.sub(r"\b(url|id|md5)\b", lambda m: m.group(1).upper(), words)
+
+
+def shown_words(text: str) -> str:
+    """The words of a message that are not filled-in values."""
+    return " ".join(re.findall(r"[A-Za-z]{3,}", _PLACEHOLDER.sub(" ", text)))
 
 
 # -- checks --------------------------------------------------------------------------------
@@ -228,6 +282,36 @@ def _check(app, env):
                                "docs/transcripts.py", path.name)
 
 
+#: what shows as an error box in a built page although Sphinx gave no warning
+#: (so -W cannot catch it): Furo styles any table-of-contents block
+#: (``.. contents::``) as a red "ERROR: Adding a table of contents ... is
+#: unnecessary" box, its sidebar has one already; docutils marks what it
+#: could not parse as system-message or problematic
+HTML_PROBLEMS = {
+    "a table of contents block, which Furo shows as an ERROR box (its "
+    "sidebar has the contents already): remove the '.. contents::'":
+        re.compile(r'class="(?![^"]*this-will-duplicate)[^"]*\bcontents\b[^"]*"'),
+    "an error box of docutils (system-message)":
+        re.compile(r'class="[^"]*\bsystem-message\b'),
+    "text docutils could not parse (problematic)":
+        re.compile(r'class="[^"]*\bproblematic\b'),
+}
+
+
+def html_problems(html: str) -> list[str]:
+    """What in a built page shows as an error to its reader."""
+    return [what for what, pattern in HTML_PROBLEMS.items() if pattern.search(html)]
+
+
+def _check_html(app, exception):
+    if exception is not None or app.builder.format != "html":
+        return
+    out = Path(app.outdir)
+    for page in sorted(out.rglob("*.html")):
+        for problem in html_problems(page.read_text(encoding="utf-8")):
+            logger.warning("%s shows %s", page.relative_to(out), problem)
+
+
 def setup(app):
     app.add_config_value("fmrif_transcripts", "_build/transcripts", "env")
     app.add_directive("fmrif-command", CommandDirective)
@@ -235,4 +319,5 @@ def setup(app):
     app.add_directive("fmrif-messages", MessagesDirective)
     app.connect("env-purge-doc", _purge)
     app.connect("env-check-consistency", _check)
+    app.connect("build-finished", _check_html)
     return {"version": "1", "parallel_read_safe": False, "parallel_write_safe": True}
