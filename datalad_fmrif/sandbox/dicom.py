@@ -132,7 +132,10 @@ def acquisition(series_description: str, n_files: int) -> Acquisition:
     """What a GE scanner would have acquired for a series of this name and size.
 
     fMRI and diffusion series are time series (see :func:`_volumes`); every
-    other series is one volume of ``n_files`` slices.
+    other series is one volume of ``n_files`` slices.  A time series of
+    fewer than 4 files has a single slice, which dcm2niix converts with a
+    warning (it cannot tell the slice direction); 4 or more files give at
+    least 2 slices and 2 volumes.
     """
     name = series_description.lower()
     for words, kind, seq, tr, te, flip, thick, three_d, epi in _PROTOCOLS:
