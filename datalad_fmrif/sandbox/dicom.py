@@ -92,7 +92,7 @@ class Acquisition:
     GE's diffusion tags.
     """
 
-    kind: str  # "anat", "func", "dwi", "localizer", "calibration", "screen"
+    kind: str  # "anat", "func", "dwi", "localizer", "calibration", "screen", "other"
     sequence: str
     repetition_time: float
     echo_time: float
@@ -125,6 +125,8 @@ _PROTOCOLS = (
     (("t1w", "mprage", "anat-"), "anat", "efgre3d", 7.6, 3.0, 12.0, 1.0, True, ""),
     (("loc",), "localizer", "fgre", 5.0, 1.5, 30.0, 5.0, False, ""),
     (("asset", "calibration"), "calibration", "3dasset", 150.0, 1.6, 5.0, 5.0, True, ""),
+    # pictures of the console or the requisition form, saved as a series
+    (("save", "requisition"), "screen", "fse", 500.0, 10.0, 90.0, 5.0, False, ""),
 )
 
 
@@ -142,7 +144,7 @@ def acquisition(series_description: str, n_files: int) -> Acquisition:
         if any(w in name for w in words):
             break
     else:
-        kind, seq, tr, te, flip, thick, three_d, epi = "screen", "fse", 500.0, 10.0, 90.0, 5.0, False, ""
+        kind, seq, tr, te, flip, thick, three_d, epi = "other", "fse", 500.0, 10.0, 90.0, 5.0, False, ""
     slices, volumes = _volumes(n_files) if kind in ("func", "dwi") else (n_files, 1)
     return Acquisition(kind, seq, tr, te, flip, thick, slices, volumes, three_d, epi)
 
@@ -220,7 +222,7 @@ def _protocol_block(acq: Acquisition, series_description: str) -> bytes:
              "IOPT": {"func": "MPh, EDR, Fast, FMRI", "dwi": "EDR, Fast, DIFF"}.get(acq.kind, ""),
              "NOSLC": str(acq.slices), "SLICEORDER": "1", "VIEWORDER": "1", "MBACCEL": "1",
              "DELACQ": "Minimum", "DELACQNOAV": "0"}
-    text = "".join(f'{key} "{value}"\n' for key, value in lines.items()).encode("latin-1")
+    text = "".join(f'{key} "{value}"\n' for key, value in lines.items()).encode("latin-1", "replace")
     text = b"\n" + text  # dcm2niix finds SLICEORDER as "\nSLICEORDER"
     stored = b"\x01" + struct.pack("<HH", len(text), len(text) ^ 0xFFFF) + text
     member = (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + stored

@@ -46,7 +46,9 @@ NORMAL_SCANS = [
     "T2w_CUBE",
     "fMRI task (PA) run1",
     # named by the ReproIn convention at the scanner console, which heudiconv's
-    # reproin heuristic turns into BIDS names
+    # reproin heuristic turns into BIDS names (docs/bids.md).  Last, so that the
+    # first sessions keep their scans; with 6 scans a session, the 7th session
+    # (sub-P03/ses-01 of the demo and the docs) has all three.
     "anat-T1w",
     "func-bold_task-rest",
     "dwi",
