@@ -111,6 +111,9 @@ def test_heudiconv_through_datalad_run_gives_valid_bids(tmp_path, secret_service
                                  capture_output=True, text=True, check=True).stdout
         assert history and not [label for label in labels if label in history], path
     assert not git(dl.Dataset(raw), "ls-files", ".heudiconv")
+    # reproin's DICOM tarballs carry the headers: annexed, like the DICOM files
+    tarballs = sorted((raw / "sourcedata").rglob("*.dicom.tgz"))
+    assert tarballs and all(p.is_symlink() for p in tarballs)
 
 
 def test_the_validator_finds_errors(tmp_path):
