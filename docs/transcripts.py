@@ -276,9 +276,9 @@ def steps(story: Story) -> list[Step]:
         # -- BIDS conversion (docs/bids.md), tested in tests/test_bids.py --
         Step("bids-series", f"ls {BIDS_SESSION}", cwd="study"),
         Step("bids-rawdata",
-             "datalad create -d . -c text2git rawdata\n"
+             "datalad create -d . -c text2git rawdata 2>&1 | grep '^create('\n"
              "echo .heudiconv/ > rawdata/.gitignore\n"
-             "datalad save -d . -r -m 'Keep heudiconv notes out of git' rawdata",
+             "datalad save -d . -r -m 'Keep heudiconv notes out of git' rawdata | grep '^save('",
              cwd="study"),
         Step("heudiconv",
              f"datalad get {BIDS_SESSION}\n"
