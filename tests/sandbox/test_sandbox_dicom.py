@@ -44,9 +44,19 @@ def test_one_study_per_session_one_series_per_scan():
     assert len({ds.SOPInstanceUID for ds in datasets}) == len(datasets)
     # GE: ProtocolName names the exam card; the series' own name is its description
     assert {ds.ProtocolName for ds in datasets} == {dicom.PROTOCOL_NAME}
-    other = study.project_sessions("20-M-0042")[0]
-    other_ds = pydicom.dcmread(io.BytesIO(study.scan_files(other.id, "1")[0].content()))
-    assert other_ds.StudyInstanceUID != datasets[0].StudyInstanceUID
+
+
+def test_sessions_of_a_subject_are_told_apart():
+    """heudiconv groups files by StudyInstanceUID (and refuses a mix)."""
+    study = Study(StudySpec(seed=5, subjects=1, sessions_per_subject=(2, 2), file_size=4096))
+    first = []
+    for session in study.project_sessions(MAIN):
+        f = study.scan_files(session.id, "1")[0]
+        first.append(pydicom.dcmread(io.BytesIO(f.content())))
+    assert len({ds.StudyInstanceUID for ds in first}) == 2
+    assert len({ds.AccessionNumber for ds in first}) == 2
+    assert len({ds.StudyDate for ds in first}) == 2
+    assert len({ds.PatientID for ds in first}) == 1
 
 
 def test_slices_step_along_the_slice_normal():
