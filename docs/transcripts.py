@@ -38,6 +38,20 @@ PROJECT = MAIN_PROJECT  # 17-M-0181, the NIMH Healthy Volunteers protocol ID
 CREDENTIAL = "fmrif-xnat"  # what fmrif-login names it at FMRIF
 TOKEN_ENV = "DATALAD_CREDENTIAL_FMRIF__XNAT__TOKEN"
 DATASET_FOLDER = "sub-P01/ses-01"
+BIDS_SESSION = "sub-P03/ses-01"  # its series have ReproIn names (anat-T1w, ...)
+#: what the dcm2bids step maps: the FMRIF-named series of sub-P01/ses-01
+DCM2BIDS_CONFIG = """{
+  "descriptions": [
+    {"datatype": "anat", "suffix": "T1w",
+     "criteria": {"SeriesDescription": "T1w_MPRAGE"}},
+    {"datatype": "func", "suffix": "bold", "custom_entities": "task-rest",
+     "criteria": {"SeriesDescription": "rsfMRI*"},
+     "sidecar_changes": {"TaskName": "rest"}},
+    {"datatype": "dwi", "suffix": "dwi",
+     "criteria": {"SeriesDescription": "DTI*"}}
+  ]
+}
+"""
 STEP_TIMEOUT = 120
 
 
@@ -83,6 +97,7 @@ class Story:
         (secure / "pseudonyms.csv").write_text(
             "Subject,Pseudonym\n" + "".join(
                 f"{s.label},{p}\n" for p, s in self.subjects.items()))
+        (self.home / "dcm2bids_config.json").write_text(DCM2BIDS_CONFIG)
         downloads = self.home / "Downloads"
         downloads.mkdir()
         # as XNAT's Processing Dashboard writes it in a project's own view:
@@ -299,6 +314,33 @@ def steps(story: Story) -> list[Step]:
              cwd="study"),
         # -- hand-over to BIDS conversion --
         Step("heudiconv-input", "ls sub-P01/ses-01/*/*.dcm | head -n 5", cwd="study"),
+        # -- BIDS conversion (docs/bids.md), tested in tests/test_bids.py --
+        Step("bids-series", f"ls {BIDS_SESSION}", cwd="study"),
+        Step("bids-rawdata",
+             "datalad create -d . -c text2git rawdata 2>&1 | grep '^create('\n"
+             "echo .heudiconv/ > rawdata/.gitignore\n"
+             "datalad save -d . -r -m 'Keep heudiconv notes out of git' rawdata | grep '^save('",
+             cwd="study"),
+        Step("heudiconv",
+             f"datalad get {BIDS_SESSION}\n"
+             f"datalad run -m 'Convert {BIDS_SESSION} to BIDS' -i {BIDS_SESSION} -o rawdata \\\n"
+             "  \"heudiconv -f reproin -c dcm2niix --bids --minmeta -o rawdata \\\n"
+             "-d 'sub-{{subject}}/ses-{{session}}/*/*.dcm' -s P03 -ss 01\" \\\n"
+             "  > ~/heudiconv.log 2>&1\n"
+             "tail -n 6 ~/heudiconv.log",
+             cwd="study"),
+        Step("bids-tree", "find rawdata/sub-P03 | sort\n"
+             "git log -1 --format=%B | head -n 12", cwd="study"),
+        Step("bids-validate", "bids-validator-deno --ignoreWarnings rawdata", cwd="study"),
+        Step("dcm2bids-config", "cat ~/dcm2bids_config.json"),
+        Step("dcm2bids",
+             "dcm2bids_scaffold -o ~/bids-dcm2bids > /dev/null 2>&1\n"
+             "dcm2bids -d sub-P01/ses-01 -p P01 -s 01 -c ~/dcm2bids_config.json \\\n"
+             "  -o ~/bids-dcm2bids > ~/dcm2bids.log 2>&1\n"
+             "find ~/bids-dcm2bids/sub-P01 -name '*.nii.gz' | sort\n"
+             "echo 'Sandbox study, converted with dcm2bids' > ~/bids-dcm2bids/README\n"
+             "bids-validator-deno --ignoreWarnings ~/bids-dcm2bids | head -n 1",
+             cwd="study"),
     ]
 
 
@@ -319,7 +361,9 @@ def run(argv: list[str] | None = None) -> int:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    spec = StudySpec(subjects=3, files_per_scan=2, file_size=4096)
+    # 4 files a scan: fMRI and diffusion series of 2 slices x 2 volumes, which
+    # dcm2niix converts without a warning (one slice would get one)
+    spec = StudySpec(subjects=3, files_per_scan=4, file_size=4096)
     started = time.monotonic()
     with Sandbox(spec) as sb:
         for key, value in (("user.name", "Pat Researcher"),

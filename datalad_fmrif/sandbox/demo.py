@@ -24,6 +24,7 @@ from .server import Sandbox
 from .study import StudySpec
 
 PROJECT = "17-M-0181"
+BIDS_SESSION = "sub-P03/ses-01"  # its series have ReproIn names (anat-T1w, ...)
 
 
 def steps() -> list[tuple[str, str, str]]:
@@ -76,6 +77,22 @@ def steps() -> list[tuple[str, str, str]]:
         ("again", "A second run fetches only what is new:",
          "cd study && datalad fmrif-download --pseudonyms ../pseudonyms.csv "
          "../processing_data.csv"),
+        # the hand-off to BIDS, as docs/bids.md shows and tests/test_bids.py tests
+        ("bids-rawdata", "On to BIDS: a subdataset for it; heudiconv's notes "
+         "(DICOM headers) stay out of git:",
+         "cd study && datalad create -d . -c text2git rawdata && "
+         "echo .heudiconv/ > rawdata/.gitignore && "
+         "datalad save -d . -r -m 'Keep heudiconv notes out of git' rawdata"),
+        ("bids", f"Convert {BIDS_SESSION} (its series have ReproIn names) with "
+         "heudiconv, recorded by datalad run:",
+         f"cd study && datalad get {BIDS_SESSION} && "
+         f"datalad run -m 'Convert {BIDS_SESSION} to BIDS' -i {BIDS_SESSION} -o rawdata "
+         "\"heudiconv -f reproin -c dcm2niix --bids --minmeta -o rawdata "
+         "-d 'sub-{{subject}}/ses-{{session}}/*/*.dcm' -s P03 -ss 01\" "
+         "> ../heudiconv.log 2>&1 && tail -n 1 ../heudiconv.log && "
+         f"find rawdata/{BIDS_SESSION} -name '*.nii.gz' | sort"),
+        ("bids-validate", "The BIDS validator finds no errors:",
+         "cd study && bids-validator-deno --ignoreWarnings rawdata"),
     ]
 
 

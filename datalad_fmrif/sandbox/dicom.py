@@ -4,6 +4,15 @@ Everything here is made up: names, IDs and pixels come from a seeded random
 generator.  Files are deterministic for a given seed and file identity, so
 their size and MD5 are stable across runs and across sandbox instances.
 
+The DICOM files are MR images as a GE scanner writes them, complete enough
+for dcm2niix and heudiconv: one file per slice, slices of a series stepping
+along the slice normal (ImagePositionPatient, SliceLocation), and for fMRI
+and diffusion series several volumes of the same slices, with the timing
+tags GE writes (AcquisitionTime, TriggerTime, the RTIA timer) and, for
+diffusion, GE's private b-value and gradient tags.  What a series looks like
+(sequence, TR/TE/flip angle, slices x volumes) follows from its series
+description and its number of files (:func:`acquisition`).
+
 Every DICOM file of a study has exactly ``file_size`` bytes: the pixel matrix
 is chosen to fill most of it and a DICOM "Data Set Trailing Padding" element
 (FFFC,FFFC) fills the rest.  The size of a file is therefore known without
@@ -14,11 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import random
 import re
 import struct
 import threading
+import zlib
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -34,7 +46,13 @@ HEADER_ALLOWANCE = 3072
 #: The smallest file size that the fixed-size construction supports.
 MIN_FILE_SIZE = 4096
 
+#: What GE writes into (0018,1030) ProtocolName: the exam's protocol, the same
+#: for every series of a session.  The name of a series is its SeriesDescription
+#: (which is where a ReproIn name typed at a GE console ends up).
+PROTOCOL_NAME = "SANDBOX RESEARCH"
+
 _PADDING_ELEMENT_HEADER = 12  # tag (4) + VR (2) + reserved (2) + length (4)
+_FIELD_OF_VIEW = 240.0  # mm, along the columns; pixels are square
 
 
 def _rng(*parts) -> random.Random:
@@ -49,7 +67,6 @@ def uid(*parts) -> str:
 
 
 _PLACEHOLDER_UID = f"{UID_ROOT}.{9 * 10 ** 17}"
-_PLACEHOLDER_INSTANCE = "000000"
 
 
 def pixel_shape(file_size: int) -> tuple[int, int]:
@@ -62,10 +79,190 @@ def pixel_shape(file_size: int) -> tuple[int, int]:
     return rows, cols
 
 
-def _build_dicom(*, file_size, patient_id, patient_name, study_date, accession, study_uid, series_uid,
-                 series_number, series_description, instance_text, sop_uid, pixels) -> bytes:
+# ---------------------------------------------------------------------------- acquisitions
+
+@dataclass(frozen=True)
+class Acquisition:
+    """How a series was acquired: what dcm2niix and heudiconv read from it.
+
+    Times in milliseconds, lengths in millimetres, as DICOM has them.
+    ``sequence`` is GE's pulse sequence name (0019,109C); ``epi`` its
+    internal EPI flavour (0019,109E): ``EPI`` for gradient echo (fMRI),
+    ``EPI2`` for spin echo (diffusion), which is what makes dcm2niix read
+    GE's diffusion tags.
+    """
+
+    kind: str  # "anat", "func", "dwi", "localizer", "calibration", "screen", "other"
+    sequence: str
+    repetition_time: float
+    echo_time: float
+    flip_angle: float
+    slice_thickness: float
+    slices: int
+    volumes: int
+    three_d: bool = False
+    epi: str = ""
+
+    @property
+    def image_type(self) -> list[str]:
+        if self.kind == "screen":
+            return ["DERIVED", "SECONDARY", "SCREEN SAVE"]
+        return ["ORIGINAL", "PRIMARY", "OTHER"]
+
+
+def _volumes(n_files: int) -> tuple[int, int]:
+    """Slices and volumes of a time series of ``n_files`` images: as many
+    slices as possible while there are at least as many volumes."""
+    slices = max(d for d in range(1, math.isqrt(n_files) + 1) if n_files % d == 0)
+    return slices, n_files // slices
+
+
+#: (words in the lower-cased series description, kind, GE sequence, TR, TE, flip, thickness, 3D, EPI)
+_PROTOCOLS = (
+    (("func-", "fmri", "epirt"), "func", "epiRT", 2000.0, 30.0, 70.0, 3.0, False, "EPI"),
+    (("dwi", "dti"), "dwi", "epi2", 8000.0, 80.0, 90.0, 2.5, False, "EPI2"),
+    (("t2w", "cube"), "anat", "Cube", 3200.0, 90.0, 90.0, 1.0, True, ""),
+    (("t1w", "mprage", "anat-"), "anat", "efgre3d", 7.6, 3.0, 12.0, 1.0, True, ""),
+    (("loc",), "localizer", "fgre", 5.0, 1.5, 30.0, 5.0, False, ""),
+    (("asset", "calibration"), "calibration", "3dasset", 150.0, 1.6, 5.0, 5.0, True, ""),
+    # pictures of the console or the requisition form, saved as a series
+    (("save", "requisition"), "screen", "fse", 500.0, 10.0, 90.0, 5.0, False, ""),
+)
+
+
+def acquisition(series_description: str, n_files: int) -> Acquisition:
+    """What a GE scanner would have acquired for a series of this name and size.
+
+    fMRI and diffusion series are time series (see :func:`_volumes`); every
+    other series is one volume of ``n_files`` slices.  A time series of
+    fewer than 4 files has a single slice, which dcm2niix converts with a
+    warning (it cannot tell the slice direction); 4 or more files give at
+    least 2 slices and 2 volumes.
+    """
+    name = series_description.lower()
+    for words, kind, seq, tr, te, flip, thick, three_d, epi in _PROTOCOLS:
+        if any(w in name for w in words):
+            break
+    else:
+        kind, seq, tr, te, flip, thick, three_d, epi = "other", "fse", 500.0, 10.0, 90.0, 5.0, False, ""
+    slices, volumes = _volumes(n_files) if kind in ("func", "dwi") else (n_files, 1)
+    return Acquisition(kind, seq, tr, te, flip, thick, slices, volumes, three_d, epi)
+
+
+def _gradient(volume: int) -> tuple[int, tuple[float, float, float]]:
+    """b-value and unit gradient direction of a diffusion volume: b=0 first,
+    then b=1000 along directions spread over a half sphere (a spiral)."""
+    if volume == 0:
+        return 0, (0.0, 0.0, 0.0)
+    z = 1.0 - (volume - 0.5) / 32.0
+    r = math.sqrt(max(0.0, 1.0 - z * z))
+    phi = volume * 2.399963  # the golden angle
+    return 1000, (r * math.cos(phi), r * math.sin(phi), z)
+
+
+# ---------------------------------------------------------------------------- DICOM files
+
+def _ds(x: float) -> str:
+    """A decimal string of fixed width (10), so that a template can be spliced."""
+    return f"{x:+010.4f}"
+
+
+def _tm(seconds: float) -> str:
+    """A DICOM time HHMMSS.FFFFFF (fixed width) for seconds after midnight."""
+    micro = round(seconds * 1e6)
+    s, us = divmod(micro, 1_000_000)
+    return f"{s // 3600 % 24:02d}{s // 60 % 60:02d}{s % 60:02d}.{us:06d}"
+
+
+def _series_start(series_number: int) -> float:
+    """Seconds after midnight at which a series starts (the study starts at 09:00)."""
+    return 9 * 3600 + 7 * 60 * series_number
+
+
+def _per_file(acq: Acquisition, series_number: int, instance: int, rows: int, cols: int) -> dict:
+    """The values that differ between the files of a series, by keyword,
+    formatted at fixed width (see :func:`make_dicom`)."""
+    volume, slice_ = divmod(instance - 1, acq.slices)
+    spacing = _FIELD_OF_VIEW / cols
+    z = (slice_ - (acq.slices - 1) / 2) * acq.slice_thickness
+    # interleaved acquisition: even slices first, then odd ones
+    order = list(range(0, acq.slices, 2)) + list(range(1, acq.slices, 2))
+    slice_time = order.index(slice_) * acq.repetition_time / acq.slices if acq.volumes > 1 else 0.0
+    offset = volume * acq.repetition_time + slice_time  # ms after the series started
+    time = _tm(_series_start(series_number) + offset / 1000)
+    values = {
+        "InstanceNumber": f"{instance:06d}",
+        "AcquisitionTime": time,
+        "ContentTime": time,
+        "ImagePositionPatient": [_ds(-cols * spacing / 2), _ds(-rows * spacing / 2), _ds(z)],
+        "SliceLocation": _ds(z),
+    }
+    if acq.volumes > 1:
+        values["TriggerTime"] = f"{slice_time:010.2f}"
+        values["TemporalPositionIdentifier"] = f"{volume + 1:04d}"
+        values[(0x0021, 0x105E)] = f"{offset / 1000:014.6f}"  # GE RTIA timer, seconds
+    if acq.kind == "dwi":
+        bvalue, direction = _gradient(volume)
+        values[(0x0043, 0x1039)] = f"{bvalue:010d}\\8\\0\\0"  # GE slop_int_6..9: b-value first
+        for elem, component in zip((0x10BB, 0x10BC, 0x10BD), direction):
+            values[(0x0019, elem)] = f"{component:+09.6f}"
+    return values
+
+
+def _protocol_block(acq: Acquisition, series_description: str) -> bytes:
+    """GE's Protocol Data Block (0025,101B): the exam card's settings as
+    ``KEY "value"`` lines, gzipped, after a 4-byte length.
+
+    dcm2niix reads slice order, slice count and imaging options from it to
+    work out slice timing.  The gzip member holds one stored (uncompressed)
+    deflate block, so the bytes do not depend on the zlib at hand.
+    """
+    lines = {"ENTRY": "Head First", "POSITION": "Supine", "PLANE": "AXIAL",
+             "SEDESC": series_description, "PSEQ": acq.sequence,
+             "IOPT": {"func": "MPh, EDR, Fast, FMRI", "dwi": "EDR, Fast, DIFF"}.get(acq.kind, ""),
+             "NOSLC": str(acq.slices), "SLICEORDER": "1", "VIEWORDER": "1", "MBACCEL": "1",
+             "DELACQ": "Minimum", "DELACQNOAV": "0"}
+    text = "".join(f'{key} "{value}"\n' for key, value in lines.items()).encode("latin-1", "replace")
+    text = b"\n" + text  # dcm2niix finds SLICEORDER as "\nSLICEORDER"
+    stored = b"\x01" + struct.pack("<HH", len(text), len(text) ^ 0xFFFF) + text
+    member = (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + stored
+              + struct.pack("<II", zlib.crc32(text), len(text)))
+    block = struct.pack("<I", len(member)) + member
+    return block + b"\0" * (len(block) % 2)
+
+
+_PRIVATE = {  # GE's private blocks: group -> private creator
+    0x0019: "GEMS_ACQU_01",
+    0x0021: "GEMS_RELA_01",
+    0x0025: "GEMS_SERS_01",
+    0x0043: "GEMS_PARM_01",
+}
+_PRIVATE_VR = {
+    (0x0019, 0x109C): "LO", (0x0019, 0x109E): "LO",
+    (0x0019, 0x10BB): "DS", (0x0019, 0x10BC): "DS", (0x0019, 0x10BD): "DS",
+    (0x0019, 0x10E0): "DS",
+    (0x0021, 0x104F): "SS", (0x0021, 0x105E): "DS", (0x0025, 0x101B): "OB",
+    (0x0043, 0x102F): "SS", (0x0043, 0x1039): "IS",
+}
+
+
+def _set(ds: Dataset, key, value) -> None:
+    """Set a standard element by keyword or a GE private one by (group, element)."""
+    if isinstance(key, str):
+        setattr(ds, key, value)
+        return
+    group, elem = key
+    block = ds.private_block(group, _PRIVATE[group], create=True)
+    block.add_new(elem & 0xFF, _PRIVATE_VR[key], value)
+
+
+def _build_dicom(*, file_size, acq, patient_id, patient_name, study_date, accession, study_uid,
+                 series_uid, series_number, series_description, sop_uid, file_values,
+                 pixels) -> bytes:
     """The DICOM file without trailing padding; the pixel data is its last element."""
     rows, cols = pixel_shape(file_size)
+    spacing = _FIELD_OF_VIEW / cols
+    date = study_date.replace("-", "")
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
@@ -77,16 +274,17 @@ def _build_dicom(*, file_size, patient_id, patient_name, study_date, accession, 
     ds = Dataset()
     ds.file_meta = meta
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
+    ds.ImageType = acq.image_type
     ds.SOPClassUID = MRImageStorage
     ds.SOPInstanceUID = sop_uid
-    ds.StudyDate = study_date.replace("-", "")
-    ds.SeriesDate = ds.StudyDate
-    ds.StudyTime = "090000"
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = date
+    ds.StudyTime = _tm(_series_start(0))
+    ds.SeriesTime = _tm(_series_start(series_number))
     ds.AccessionNumber = accession
     ds.Modality = "MR"
     ds.Manufacturer = "GE MEDICAL SYSTEMS"
     ds.InstitutionName = "SANDBOX"
+    ds.ReferringPhysicianName = ""
     ds.StudyDescription = "SANDBOX^SYNTHETIC"
     ds.SeriesDescription = series_description
     ds.ManufacturerModelName = "SYNTHETIC"
@@ -95,23 +293,54 @@ def _build_dicom(*, file_size, patient_id, patient_name, study_date, accession, 
     ds.PatientBirthDate = ""
     ds.PatientSex = "O"
     ds.BodyPartExamined = "BRAIN"
-    ds.MagneticFieldStrength = "3"
+    ds.ScanningSequence = ["EP"] if acq.epi else ["GR"]
+    ds.SequenceVariant = ["NONE"]
+    ds.ScanOptions = ""
+    ds.MRAcquisitionType = "3D" if acq.three_d else "2D"
+    ds.SequenceName = acq.sequence
+    ds.SliceThickness = acq.slice_thickness
+    ds.RepetitionTime = acq.repetition_time
+    ds.EchoTime = acq.echo_time
+    ds.ImagingFrequency = 127.7
+    ds.MagneticFieldStrength = 3
+    ds.SpacingBetweenSlices = acq.slice_thickness
+    ds.EchoTrainLength = 1
+    ds.SoftwareVersions = ["27", "LX", "MR Software release:RX27.0_R02_1831.b"]
+    ds.ProtocolName = PROTOCOL_NAME
+    ds.InPlanePhaseEncodingDirection = "COL"
+    ds.FlipAngle = acq.flip_angle
+    ds.PatientPosition = "HFS"
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.StudyID = "1"
     ds.SeriesNumber = series_number
-    ds.InstanceNumber = instance_text
-    ds.ImagesInAcquisition = 1
+    ds.AcquisitionNumber = 1
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.FrameOfReferenceUID = uid(study_uid, "frame")
+    if acq.volumes > 1:
+        ds.NumberOfTemporalPositions = acq.volumes
+    ds.ImagesInAcquisition = acq.slices
+    ds.PositionReferenceIndicator = ""
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = rows
     ds.Columns = cols
-    ds.PixelSpacing = [1, 1]
+    ds.PixelSpacing = [spacing, spacing]
     ds.BitsAllocated = 16
     ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = 0
     ds.ImageComments = "synthetic sandbox data"
+    _set(ds, (0x0019, 0x109C), acq.sequence)
+    if acq.epi:
+        _set(ds, (0x0019, 0x109E), acq.epi)
+    if acq.kind == "dwi":
+        _set(ds, (0x0019, 0x10E0), str(acq.volumes - 1))  # number of diffusion directions
+    _set(ds, (0x0021, 0x104F), acq.slices)  # LocationsInAcquisition
+    _set(ds, (0x0025, 0x101B), _protocol_block(acq, series_description))
+    _set(ds, (0x0043, 0x102F), 0)  # magnitude image
+    for key, value in file_values.items():
+        _set(ds, key, value)
     ds.PixelData = pixels
     buf = io.BytesIO()
     dcmwrite(buf, ds, enforce_file_format=True)
@@ -121,62 +350,104 @@ def _build_dicom(*, file_size, patient_id, patient_name, study_date, accession, 
 _templates = None  # BoundedDict, made below (the class is defined later in this module)
 
 
-def _template(common: tuple, file_size: int):
-    """Bytes of a file with placeholder UID/instance, and where to splice per-file values."""
-    key = (common, file_size)
+def _spans(data: bytes, header_end: int, keys) -> list | None:
+    """Where the value of each element ``keys`` names starts, and its length.
+
+    An element is found by its tag, VR and 16-bit length, which occur once
+    in the header of a file written in explicit VR little endian.
+    """
+    keyword_tags = {"InstanceNumber": (0x0020, 0x0013), "AcquisitionTime": (0x0008, 0x0032),
+                    "ContentTime": (0x0008, 0x0033), "ImagePositionPatient": (0x0020, 0x0032),
+                    "SliceLocation": (0x0020, 0x1041), "TriggerTime": (0x0018, 0x1060),
+                    "TemporalPositionIdentifier": (0x0020, 0x0100)}
+    head = data[:header_end]
+    spans = []
+    for key in keys:
+        group, elem = keyword_tags.get(key, key)
+        if not isinstance(key, str):  # private: the block's element number
+            elem = (_private_block_number(head, group) << 8) | (elem & 0xFF)
+        needle = struct.pack("<HH", group, elem)
+        found = [m.start() for m in re.finditer(re.escape(needle), head)]
+        if len(found) != 1:
+            return None
+        pos = found[0] + 6
+        spans.append((key, pos + 2, struct.unpack("<H", head[pos:pos + 2])[0]))
+    return spans
+
+
+def _private_block_number(head: bytes, group: int) -> int:
+    """The block (xx of (gggg,00xx)) pydicom reserved for GE's creator in ``group``."""
+    creator = _PRIVATE[group].encode()
+    for block in range(0x10, 0x100):
+        needle = struct.pack("<HH", group, block) + b"LO"
+        pos = head.find(needle)
+        if pos >= 0 and head[pos + 8:pos + 8 + len(creator)] == creator:
+            return block
+    raise LookupError(group)
+
+
+def _template(common: tuple, acq: Acquisition, file_size: int, file_values: dict):
+    """Bytes of a file of the series with placeholder per-file values, and
+    where to splice each file's own values, or None when that cannot work."""
+    key = (common, acq, file_size)
     hit = _templates.get(key)
     if hit is not None:
         return hit
     rows, cols = pixel_shape(file_size)
     names = ("patient_id", "patient_name", "study_date", "accession", "study_uid", "series_uid",
              "series_number", "series_description")
-    natural = _build_dicom(file_size=file_size, **dict(zip(names, common)), instance_text=_PLACEHOLDER_INSTANCE,
-                           sop_uid=_PLACEHOLDER_UID, pixels=bytes(rows * cols * 2))
+    natural = _build_dicom(file_size=file_size, acq=acq, **dict(zip(names, common)),
+                           sop_uid=_PLACEHOLDER_UID, file_values=file_values,
+                           pixels=bytes(rows * cols * 2))
+    pix_off = len(natural) - rows * cols * 2
     uid_bytes = _PLACEHOLDER_UID.encode()
-    uid_pos = [m.start() for m in re.finditer(re.escape(uid_bytes), natural)]
-    inst_tag = b"\x20\x00\x13\x00IS" + struct.pack("<H", len(_PLACEHOLDER_INSTANCE))
-    inst_pos = natural.find(inst_tag) + len(inst_tag)
-    if len(uid_pos) != 2 or natural.count(inst_tag) != 1:
-        hit = None
-    else:
-        hit = (natural, uid_pos, inst_pos, len(natural) - rows * cols * 2)
+    uid_pos = [m.start() for m in re.finditer(re.escape(uid_bytes), natural[:pix_off])]
+    spans = _spans(natural, pix_off, file_values)
+    hit = (natural, uid_pos, spans, pix_off) if len(uid_pos) == 2 and spans else None
     _templates.put(key, hit or False)
     return hit
 
 
 def make_dicom(*, seed, file_size: int, patient_id: str, patient_name: str,
                study_date: str, accession: str, study_uid: str, series_uid: str,
-               series_number: int, series_description: str, instance: int,
+               series_number: int, series_description: str, n_files: int, instance: int,
                sop_uid: str, version: int = 0) -> bytes:
-    """One MR Image Storage file of exactly ``file_size`` bytes.
+    """One MR Image Storage file of exactly ``file_size`` bytes: image
+    ``instance`` (1-based) of a series of ``n_files`` images.
 
-    Files of one series differ only in SOP instance UID, instance number and
-    pixels, so one pydicom-written template per series is spliced per file.
+    Files of one series differ only in a few elements (SOP instance UID,
+    instance number, position, times, gradient) and the pixels, so one
+    pydicom-written template per series is spliced per file.  Every per-file
+    value has a fixed width, so the spliced bytes are the bytes pydicom
+    would write for that file.
     """
     rows, cols = pixel_shape(file_size)
+    acq = acquisition(series_description, n_files)
     gen = np.random.default_rng(
         int.from_bytes(hashlib.sha256(f"{seed}:{sop_uid}:{version}".encode()).digest()[:8], "little"))
     pixels = gen.integers(0, 4096, size=rows * cols, dtype=np.uint16).tobytes()
     common = (patient_id, patient_name, study_date, accession, study_uid, series_uid, series_number,
               series_description)
-    instance_text = f"{instance:06d}"
-    tpl = None
-    if len(sop_uid) == len(_PLACEHOLDER_UID) and len(instance_text) == len(_PLACEHOLDER_INSTANCE):
-        tpl = _template(common, file_size)
+    values = _per_file(acq, series_number, instance, rows, cols)
+    tpl = _template(common, acq, file_size, values) if len(sop_uid) == len(_PLACEHOLDER_UID) else None
     if tpl:
-        natural, uid_pos, inst_pos, pix_off = tpl
+        natural, uid_pos, spans, pix_off = tpl
         buf = bytearray(natural)
         for pos in uid_pos:
             buf[pos:pos + len(sop_uid)] = sop_uid.encode()
-        buf[inst_pos:inst_pos + len(instance_text)] = instance_text.encode()
+        for key, pos, length in spans:
+            value = values[key]
+            text = ("\\".join(value) if isinstance(value, list) else value).encode()
+            if len(text) > length:
+                raise RuntimeError(f"{key} {value!r} is wider than its template ({length} bytes)")
+            buf[pos:pos + length] = text.ljust(length)
         buf[pix_off:] = pixels
         natural = bytes(buf)
     else:
-        natural = _build_dicom(file_size=file_size, patient_id=patient_id, patient_name=patient_name,
-                               study_date=study_date, accession=accession, study_uid=study_uid,
-                               series_uid=series_uid, series_number=series_number,
-                               series_description=series_description, instance_text=str(instance),
-                               sop_uid=sop_uid, pixels=pixels)
+        names = ("patient_id", "patient_name", "study_date", "accession", "study_uid", "series_uid",
+                 "series_number", "series_description")
+        natural = _build_dicom(file_size=file_size, acq=acq, **dict(zip(names, common)),
+                               sop_uid=sop_uid, file_values=values, pixels=pixels)
     pad = file_size - len(natural) - _PADDING_ELEMENT_HEADER
     if pad < 0 or pad % 2:
         raise RuntimeError(f"cannot pad DICOM of {len(natural)} bytes to {file_size}")

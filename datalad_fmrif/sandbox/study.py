@@ -45,6 +45,13 @@ NORMAL_SCANS = [
     "epiRT",
     "T2w_CUBE",
     "fMRI task (PA) run1",
+    # named by the ReproIn convention at the scanner console, which heudiconv's
+    # reproin heuristic turns into BIDS names (docs/bids.md).  Last, so that the
+    # first sessions keep their scans; with 6 scans a session, the 7th session
+    # (sub-P03/ses-01 of the demo and the docs) has all three.
+    "anat-T1w",
+    "func-bold_task-rest",
+    "dwi",
 ]
 #: Series that carry burned-in identifying information on FMRIF's GE scanners.
 SPECIAL_SCANS = ["REQUISITION", "SCREEN-SAVE", "SAVE"]
@@ -449,7 +456,7 @@ class Study:
                 study_uid=dicom.uid(self.seed, "study", session.number),
                 series_uid=dicom.uid(self.seed, "series", session.number, scan.id),
                 series_number=int(scan.id) if scan.id.isdigit() else 0,
-                series_description=scan.series_description, instance=instance,
+                series_description=scan.series_description, n_files=scan.n_files, instance=instance,
                 sop_uid=dicom.uid(self.seed, "sop", session.number, scan.id, instance, version),
                 version=version,
             )
