@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from datalad_fmrif.sandbox.demo import OFFLINE
 from datalad_fmrif.sandbox.server import Sandbox
 from datalad_fmrif.sandbox.study import MAIN_PROJECT, StudySpec
 
@@ -78,6 +79,7 @@ class Story:
         # the command line as a researcher sees it: no colours, no pager
         self.env.update(DATALAD_UI_COLOR="off", GIT_PAGER="cat", PAGER="cat",
                         COLUMNS="100")
+        self.env.update(OFFLINE)  # the converters' version checks stay offline
         labels = [s.label for s in sandbox.study.subjects(PROJECT)]
         self.subjects = {f"P{n:02d}": s for n, s in
                          enumerate(sandbox.study.subjects(PROJECT), 1)}

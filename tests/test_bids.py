@@ -19,6 +19,7 @@ import pytest
 from helpers import PROJECT, download, git, keyring_sandbox, subjects_csv
 
 from datalad_fmrif.sandbox import StudySpec
+from datalad_fmrif.sandbox.demo import OFFLINE
 from datalad_fmrif.sandbox.study import Study
 
 TOOLS = ("heudiconv", "dcm2niix", "bids-validator-deno")
@@ -38,9 +39,9 @@ def converters(monkeypatch):
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)
-    # nipype and heudiconv ask the internet for newer versions unless told not to
-    monkeypatch.setenv("NO_ET", "1")
-    monkeypatch.setenv("NIPYPE_NO_ET", "1")
+    # nipype, heudiconv, dcm2bids and deno ask the internet for newer versions
+    for name, value in OFFLINE.items():
+        monkeypatch.setenv(name, value)
 
 
 def test_dcm2niix_converts_every_series_without_a_warning(tmp_path):
@@ -66,7 +67,7 @@ def test_dcm2niix_converts_every_series_without_a_warning(tmp_path):
 
 def _validate(path) -> list[dict]:
     proc = subprocess.run(["bids-validator-deno", "--format", "json", str(path)],
-                          capture_output=True, text=True, env=dict(os.environ, DENO_NO_UPDATE_CHECK="1"))
+                          capture_output=True, text=True)
     report = json.loads(proc.stdout)
     return [i for i in report["issues"]["issues"] if i["severity"] == "error"]
 

@@ -26,6 +26,21 @@ from .study import StudySpec
 PROJECT = "17-M-0181"
 BIDS_SESSION = "sub-P03/ses-01"  # its series have ReproIn names (anat-T1w, ...)
 
+#: The converters of the BIDS step ask the internet for newer versions of
+#: themselves (nipype and heudiconv through etelemetry, dcm2bids by a request
+#: to GitHub, deno at start-up). The demo, the documentation's transcripts and
+#: the tests talk to the sandbox on loopback only, so those checks are turned
+#: off, and whatever still asks goes to a proxy on a closed loopback port and
+#: fails at once; requests to the sandbox itself bypass the proxy.
+OFFLINE = {
+    "NO_ET": "1",
+    "NIPYPE_NO_ET": "1",
+    "DENO_NO_UPDATE_CHECK": "1",
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "no_proxy": "127.0.0.1,localhost,::1",
+}
+
 
 def steps() -> list[tuple[str, str, str]]:
     """(name, explanation, shell command) of each step, run in the work dir."""
@@ -106,6 +121,7 @@ def run(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
+    env.update(OFFLINE)
 
     with Sandbox(StudySpec(subjects=3, files_per_scan=4, file_size=16384)) as sb:
         home = Path(env.get("HOME", "~")).expanduser()
