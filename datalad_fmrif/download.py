@@ -398,6 +398,8 @@ class Download:
                                     progress=lambda n: advance(n, "zip"))
                 fetched.update(result.done)
                 for path, why in result.failed.items():
+                    if result.stopped:  # per file would meet the same pages
+                        owner[path].failed[path] = why
                     lgr.debug("%s: per file, because %s", path, why)
             rest = [pf.path for w, pf in missing
                     if pf.path not in fetched and pf.path not in w.failed]
