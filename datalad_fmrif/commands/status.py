@@ -15,6 +15,7 @@ from datalad_next.commands import (
 )
 from datalad_next.constraints import EnsureDataset, EnsureListOf, EnsureStr
 
+from .. import failures
 from ..credentials import CredentialError
 from ..plan import plan_session
 from ..provenance import (
@@ -117,12 +118,12 @@ class FmrifStatus(ValidatedInterface):
             return
         try:
             with xnat:
-                yield from _check(xnat, manifests, result)
+                yield from _check(xnat, manifests, result, failures.load(root))
         except XnatError as e:
             yield result("error", str(e), type="dataset")
 
 
-def _check(xnat, manifests: dict, result):
+def _check(xnat, manifests: dict, result, failed: dict):
     subjects = {}
     for m in manifests.values():
         subjects.setdefault((m["project"], m["subject"]["id"]), m["subject"]["name"])
@@ -147,10 +148,13 @@ def _check(xnat, manifests: dict, result):
                 yield result("ok", f"session {sid} is no longer listed by XNAT",
                              state="deleted", xnat_session_id=sid)
                 continue
-            yield from _check_session(xnat, m, listed[sid], result)
+            try:
+                yield from _check_session(xnat, m, listed[sid], result, failed)
+            except AccessDenied as e:  # e.g. a session no longer readable
+                yield result("error", str(e), xnat_session_id=sid)
 
 
-def _check_session(xnat, manifest: dict, session: Session, result):
+def _check_session(xnat, manifest: dict, session: Session, result, failed: dict):
     options = options_from_record(manifest["options"])
     resources = [r for r in options.resources if r != "DICOM"]
     catalog = session_catalog(xnat, session, resources)
@@ -159,6 +163,9 @@ def _check_session(xnat, manifest: dict, session: Session, result):
                         project=manifest["project"], options=options)
     differences = compare_session(manifest, plan)
     for path, state, detail in differences:
+        if state == "untracked" and path in failed:
+            # e.g. a stale catalog: the last download said why
+            detail += f"; the last download failed: {failed[path]}"
         yield result("ok", detail, where=path, type="file", state=state,
                      xnat_session_id=session.id)
     counts = {}
