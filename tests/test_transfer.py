@@ -317,3 +317,10 @@ def test_stale_catalog_is_reported_once_with_what_arrived(sb, xnat, tmp_path):
     assert listed[1] in message and hashlib.md5(truth.content()).hexdigest() in message
     assert "refresh" in message and "catalog" in message
     assert len(gets(xnat)) == 1  # no retry can help
+
+
+def test_connections_for_every_parallel_job(xnat):
+    """-J allows 32 parallel transfers; requests keeps 10 connections per
+    host unless told otherwise, and would open and close the rest each time."""
+    adapter = xnat.http.get_adapter(xnat.server + "/data/")
+    assert adapter._pool_maxsize == 32

@@ -48,6 +48,9 @@ LOGIN_HELP = "Run 'datalad fmrif-login' to store the right password"
 # minutes to build, and a proxy in front of XNAT answers 504 meanwhile.
 DEFAULT_TIMEOUT = 300.0  # seconds to wait for the next bytes of an answer
 DEFAULT_RETRIES = 4  # per request or file: 5 attempts, 7.5 s of waiting
+# a server that answers at all accepts a connection at once; waiting the
+# read timeout for a silent one (VPN down) would cost minutes per attempt
+CONNECT_TIMEOUT = 15.0
 # connections kept per host: one per parallel job (-J allows up to 32)
 POOL_SIZE = 32
 
@@ -420,7 +423,8 @@ class XnatSession:
             try:
                 response = http.request(
                     method, url, params=params, headers=headers, stream=stream,
-                    timeout=self.timeout, allow_redirects=False,
+                    timeout=(min(CONNECT_TIMEOUT, self.timeout), self.timeout),
+                    allow_redirects=False,
                 )
             except requests.exceptions.SSLError as e:
                 raise self._tls_error(e) from None
