@@ -178,3 +178,19 @@ def test_listing_whose_total_disagrees_is_asked_again_then_refused(tmp_path):
             with pytest.raises(BadResponse, match="says it has .* rows but holds"):
                 xnat.result_set(path)
             assert len([r for r in sb.requests if r.path == path]) == 2
+
+
+def test_timeout_and_retries_settings(tmp_path, box, ds):
+    """git config datalad.fmrif.timeout / .retries: used when numbers, a
+    clear refusal naming the setting when not."""
+    from datalad_fmrif.commands._common import xnat_session
+
+    ds.config.set("datalad.fmrif.timeout", "42", scope="local")
+    ds.config.set("datalad.fmrif.retries", "7", scope="local")
+    xnat = xnat_session(ds.config, box.url, None)
+    assert (xnat.timeout, xnat.retries) == (42.0, 7)
+    ds.config.set("datalad.fmrif.retries", "many", scope="local")
+    csv, _ = one_subject(tmp_path, box)
+    res = download(ds, box, csv)
+    assert [r["status"] for r in res] == ["impossible"]
+    assert "datalad.fmrif.retries is 'many'" in res[0]["message"]

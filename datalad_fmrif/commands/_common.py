@@ -27,7 +27,11 @@ def xnat_session(cfg, server: str | None, credential: str | None) -> XnatSession
         raise CredentialError(
             f"no credential {name!r} for {server_url}: run "
             f"'datalad fmrif-login --server {server_url}' first")
-    return XnatSession(server_url, cred, verify=resolve_verify(cfg), **request_limits(cfg))
+    try:
+        limits = request_limits(cfg)
+    except ValueError as e:  # a setting the user can correct, like a credential
+        raise CredentialError(str(e)) from None
+    return XnatSession(server_url, cred, verify=resolve_verify(cfg), **limits)
 
 
 def command_config(dataset):

@@ -63,8 +63,7 @@ def request_limits(cfg) -> dict:
     silent default.
     """
     limits = {}
-    for name, kind, key, lowest in (("timeout", float, "timeout", 1),
-                                    ("retries", int, "retries", 0)):
+    for name, kind, lowest in (("timeout", float, 1), ("retries", int, 0)):
         value = cfg.get(f"datalad.fmrif.{name}")
         if value in (None, ""):
             continue
@@ -76,7 +75,7 @@ def request_limits(cfg) -> dict:
             raise ValueError(
                 f"git config datalad.fmrif.{name} is {value!r}; it must be "
                 f"a number of at least {lowest}") from None
-        limits[key] = number
+        limits[name] = number
     return limits
 
 
