@@ -194,3 +194,23 @@ def test_timeout_and_retries_settings(tmp_path, box, ds):
     res = download(ds, box, csv)
     assert [r["status"] for r in res] == ["impossible"]
     assert "datalad.fmrif.retries is 'many'" in res[0]["message"]
+
+
+def test_login_pages_in_the_special_remote_cost_one_login_each(tmp_path, box, ds):
+    """datalad get through the fmrif remote while XNAT (or a proxy) answers
+    with a login page and 200: each page costs one fresh login and one more
+    try, and every file arrives."""
+    csv, _ = one_subject(tmp_path, box)
+    download(ds, box, csv)
+    files = [f["path"] for m in manifests(ds).values() for f in m["files"]]
+    ds.drop(files, result_renderer="disabled")
+    box.add_fault(Fault("html200", path=r"/files/.+", times=1))
+    box.clear_requests()
+    res = ds.get(files, result_renderer="disabled", on_failure="ignore", return_type="list")
+    assert all(r["status"] in ("ok", "notneeded") for r in res), res
+    # datalad get without -J: one special-remote process, its login and
+    # one fresh login after the page
+    logins = [r for r in box.requests if r.path == "/data/services/auth"]
+    assert len(logins) == 2
+    for p in files:
+        assert (ds.pathobj / p).exists()
