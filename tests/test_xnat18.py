@@ -214,3 +214,20 @@ def test_login_pages_in_the_special_remote_cost_one_login_each(tmp_path, box, ds
     assert len(logins) == 2
     for p in files:
         assert (ds.pathobj / p).exists()
+
+
+def test_a_file_the_zip_lacks_is_reported_and_the_rest_committed(tmp_path, box, ds):
+    """XNAT leaves a file that is missing on its disk out of the zip without
+    a word; the download asks for it on its own and reports the 404."""
+    csv, (subject,) = one_subject(tmp_path, box)
+    e = box.study.sessions(subject.id)[0]
+    gone = box.study.scan_files(e.id, "1")[0]
+    box.study.remove_from_disk(e.id, "1", gone.name)
+    res = download(ds, box, csv)
+    failed = [r for r in res if r["status"] == "error" and r.get("type") == "file"]
+    assert len(failed) == 1 and "404" in failed[0]["message"], res
+    (doc,) = manifests(ds).values()
+    names = {f["name"] for f in doc["files"]}
+    assert gone.name not in names and names
+    assert git(ds, "status", "--porcelain") == ""
+    assert_fsck(ds)
