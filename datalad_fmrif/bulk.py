@@ -44,7 +44,6 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote
 
 import requests
 import urllib3
@@ -106,8 +105,10 @@ class BulkFile:
         folder, sep, name = pf.url_path.partition("/files/")
         if not sep or not name:
             return None
+        # the name as XNAT lists it (never unquoted from the URL: '%41' is
+        # a name, not an 'A')
         return cls(path=pf.path, key=pf.key, size=pf.size, md5=pf.md5.lower(),
-                   folder=folder, name=unquote(name))
+                   folder=folder, name=pf.file.name)
 
 
 @dataclass
@@ -119,6 +120,8 @@ class BulkResult:
     failed: dict[str, str] = field(default_factory=dict)
     zips: int = 0  # zip requests made
     bytes: int = 0  # zip bytes read
+    # why the whole bulk fetch stopped, when per-file requests would not help
+    stopped: str | None = None
 
 
 # ====================================================================== temp files
@@ -193,6 +196,12 @@ class _Reader:
         if chunk and self.progress is not None:
             self.progress(len(chunk))
         return chunk
+
+    def start_with(self, head: bytes) -> None:
+        """Bytes of the body read before this reader was made."""
+        self._buf = head + self._buf
+        if head and self.progress is not None:
+            self.progress(len(head))
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes (at least one), or b"" at the end of the body."""
@@ -415,6 +424,17 @@ def _entry_name(zip_name: str, wanted) -> str | None:
     return None
 
 
+def _peek(response) -> bytes:
+    """The first bytes of a streamed body (kept on the response, for the
+    zip reader to start with)."""
+    response._fmrif_head = b""
+    raw = response.raw
+    read1 = getattr(raw, "read1", None)
+    head = read1(512, decode_content=True) if read1 else raw.read(512, decode_content=True)
+    response._fmrif_head = head
+    return head
+
+
 def fetch_resource_zip(
     xnat: XnatSession,
     folder: str,
@@ -446,26 +466,42 @@ def fetch_resource_zip(
                 if f.key not in written:
                     failed.setdefault(f.path, reason)
 
-    try:
-        response = xnat.request("GET", folder + "/files", params={"format": "zip"},
-                                headers={"Accept-Encoding": "identity"}, stream=True)
-    except CredentialRejected:
-        raise
-    except XnatError as e:
-        fail_rest(f"zip of {folder}: {e}")
-        return written, failed
+    retried = False
+    while True:
+        try:
+            response = xnat.request("GET", folder + "/files", params={"format": "zip"},
+                                    headers={"Accept-Encoding": "identity"}, stream=True)
+        except CredentialRejected:
+            raise
+        except XnatError as e:
+            fail_rest(f"zip of {folder}: {e}")
+            return written, failed
+        ctype = response.headers.get("Content-Type", "").lower()
+        try:
+            page = ctype.startswith("text/html") or looks_like_html(_peek(response))
+        except _BROKEN as e:
+            response.close()
+            fail_rest(f"zip of {folder}: the stream broke off ({type(e).__name__}) "
+                      "after 0 bytes")
+            return written, failed
+        if not page:
+            break
+        response.close()
+        # an expired session answered with a login page (by XNAT or a proxy)
+        if not xnat.login_page(response, retried):
+            fail_rest(f"zip of {folder}: the server sent an HTML page instead of a zip"
+                      + (", also right after a fresh login" if retried else ""))
+            return written, failed
+        retried = True
     with response:
         raw = response.raw
         read1 = getattr(raw, "read1", None)
         reader = _Reader((lambda n: read1(n, decode_content=True)) if read1
                          else (lambda n: raw.read(n, decode_content=True)), progress,
                          cancel)
-        ctype = response.headers.get("Content-Type", "").lower()
+        reader.start_with(response._fmrif_head)
         remaining = sum(len(fs) for fs in wanted.values())
         try:
-            if ctype.startswith("text/html") or looks_like_html(reader.peek(512)):
-                fail_rest(f"zip of {folder}: the server sent an HTML page instead of a zip")
-                return written, failed
             while remaining:
                 entry = _read_header(reader)
                 if entry is None:
@@ -567,11 +603,25 @@ def fetch(
     sizes = {bf.key: (bf.size, bf.md5) for fs in groups.values() for bf in fs}
 
     def one(index: int, folder: str, ingest):
+        if result.stopped:
+            with lock:
+                result.failed.update((bf.path, result.stopped) for bf in groups[folder])
+            return
         written, failed = fetch_resource_zip(xnat, folder, groups[folder],
                                              tmpdir / str(index), count, cancel)
         with lock:
             result.zips += 1
             result.failed.update(failed)
+            if xnat.pages_are_errors and not result.stopped:
+                # XNAT sends pages even to a fresh session: per-file requests
+                # would get the same, thousands of times
+                result.stopped = (
+                    f"XNAT at {xnat.server} answered with an HTML page instead of "
+                    "data, also right after a fresh login; nothing more is "
+                    "requested in this run. Open XNAT in a browser to see the "
+                    "page (maintenance? a login page of a proxy?), then run the "
+                    "command again")
+                cancel.set()
         for key, path in written.items():
             size, md5 = sizes[key]
             ingest.add(key, path, size=size, md5=md5)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from . import __version__, bulk
+from . import __version__, bulk, failures
 from .annex import Annex, AnnexError
 from .plan import (
     PlanError,
@@ -403,6 +403,8 @@ class Download:
                                     progress=lambda n: advance(n, "zip"))
                 fetched.update(result.done)
                 for path, why in result.failed.items():
+                    if result.stopped:  # per file would meet the same pages
+                        owner[path].failed[path] = why
                     lgr.debug("%s: per file, because %s", path, why)
             rest = [pf.path for w, pf in missing
                     if pf.path not in fetched and pf.path not in w.failed]
@@ -524,6 +526,8 @@ class Download:
         annex.discard([path for w in self.work for pf in w.new
                        if (path := pf.path) in w.failed])
         results = list(self._session_results(planned=False))
+        failures.record(self.root, {p: why for w in self.work for p, why in w.failed.items()},
+                        [pf.path for w in self.work for pf in w.plan.files])
         summary = _summary(self.work)
         records = self._record()
         records += sorted(p for p in unsaved

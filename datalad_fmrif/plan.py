@@ -16,6 +16,7 @@ harmless path component.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import string
 from collections import defaultdict
@@ -368,7 +369,28 @@ def _file_components(name: str) -> list[str] | None:
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if not parts or ".." in parts:
         return None
-    return [sanitize_component(p) for p in parts]
+    return [_distinct_component(p) for p in parts]
+
+
+@lru_cache(maxsize=4096)
+def _distinct_component(part: str) -> str:
+    """A safe path component for a file or folder name that stays distinct.
+
+    Names that are already safe stay as they are. A name that sanitising
+    changes (``ECG #2.1D``, ``a (1)?.1D``, ``50%41.txt``, non-ASCII letters)
+    gets a short digest of the original name before its extension
+    (``ECG_2-5d1f3a.1D``), so that two names that sanitise alike
+    (``ECG #2.1D``, ``ECG_2.1D``) never land on one path, and a name's path
+    never depends on which other files the resource holds.
+    """
+    clean = sanitize_component(part)
+    if clean == part:
+        return clean
+    tag = hashlib.sha1(part.encode("utf-8", "surrogatepass")).hexdigest()[:6]
+    ext = _annex_extension(clean)
+    stem = clean[: len(clean) - len(ext)] if ext else clean
+    stem = stem[: MAX_COMPONENT - len(ext) - len(tag) - 1].rstrip("._-") or "_"
+    return _unreserve(f"{stem}-{tag}{ext}")
 
 
 def _key(file: RemoteFile, path: str) -> tuple[str | None, str]:

@@ -197,8 +197,14 @@ class FmrifRemote(SpecialRemote):
                     f"no credential {name!r} for XNAT at {self.server}: run "
                     f"'datalad fmrif-login' for this server (or, for batch "
                     f"jobs, set {user_var} and {secret_var})")
+            from .xnat.session import request_limits
+
+            try:
+                limits = request_limits(self._config())
+            except ValueError as e:
+                raise RemoteError(str(e)) from None
             self._session = XnatSession(self.server, credential,
-                                        verify=resolve_verify(self._config()))
+                                        verify=resolve_verify(self._config()), **limits)
         return self._session
 
     @contextlib.contextmanager
@@ -295,13 +301,28 @@ class FmrifRemote(SpecialRemote):
                 continue
             listed_size, listed_md5 = listed
             if md5 and listed_md5:
-                if listed_md5.lower() == md5:
+                matches = listed_md5.lower() == md5
+            else:
+                matches = size is None or listed_size == size
+            if not matches:
+                lgr.debug("%s: XNAT lists %s bytes, MD5 %s; the key is %s",
+                          url, listed_size, listed_md5 or "-", key)
+                continue
+            # the catalog may list a file the archive no longer holds: only
+            # a file XNAT would send counts (one HEAD, no body)
+            with self._errors():
+                if self._deliverable(url):
                     return True
-            elif size is None or listed_size == size:
-                return True
-            lgr.debug("%s: XNAT lists %s bytes, MD5 %s; the key is %s",
-                      url, listed_size, listed_md5 or "-", key)
+            lgr.debug("%s: listed, but XNAT does not serve it", url)
         return False
+
+    def _deliverable(self, url: str) -> bool:
+        try:
+            response = self._xnat().request("HEAD", self._path(url))
+        except NotFound:
+            return False
+        response.close()
+        return True
 
     def _listed(self, url: str) -> tuple[int | None, str | None] | None:
         """(size, MD5) of the file at ``url`` as XNAT reports it; None if absent."""
@@ -324,8 +345,9 @@ class FmrifRemote(SpecialRemote):
                 rows = []
             listing = {}
             for row in rows:
+                # XNAT lists the path as stored, not URL-encoded
                 rel = str(row.get("URI", "")).partition("/files/")[2] or str(row.get("Name", ""))
-                listing[unquote(rel)] = row
+                listing[rel] = row
             self._listings[folder] = listing
             while len(self._listings) > 16:
                 self._listings.pop(next(iter(self._listings)))

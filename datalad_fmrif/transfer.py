@@ -4,19 +4,33 @@ Every byte is checked before the file counts as obtained: the status, that the
 body is not one of XNAT's HTML error pages, the announced and received length
 against the size from the listing, and the MD5 against XNAT's digest. A
 connection that breaks mid-body is resumed with an HTTP Range request from
-what was already written (bounded retries with backoff); a complete body with
-the wrong size or digest is an error, and its bytes are removed.
+what was already written; a complete body with the wrong size or digest is
+an error, and its bytes are removed.
+
+One retry budget per file (:class:`~datalad_fmrif.xnat.session.RetryBudget`)
+covers every request of the transfer: a failed answer (5xx, reset, timeout)
+and a body that broke off each spend from it, so a file sees at most
+``retries + 1`` attempts, however they fail.
+
+Resuming works on XNAT 1.8's own answer to ``Range: bytes=N-``: Restlet 1.1
+sends 206 with bytes N..end, but may announce the length of the WHOLE file
+(``Content-Length``) and a ``Content-Range`` that runs past it. So a resumed
+body is read to exactly ``size - N`` bytes and the connection is then closed;
+what decides is the MD5 of the whole file, as always.
 
 The partial file is the resume point: when ``dest`` already holds a prefix of
 the file (git-annex keeps its temporary file after a failed transfer), its
 bytes are hashed and only the rest is requested.
+
+An HTML page where the file was expected is what XNAT (or a single-sign-on
+proxy) answers for an expired session: one fresh login and one more try, then
+a clear error.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,6 +61,34 @@ class _Interrupted(Exception):
     """The body stopped early; what was written so far is a valid prefix."""
 
 
+class _Page(Exception):
+    """An HTML page instead of the file; ``response`` is the answer."""
+
+    def __init__(self, message: str, response):
+        super().__init__(message)
+        self.response = response
+
+
+REFRESH_HINT = (
+    "An XNAT admin can refresh the session's catalog (the session page's "
+    "Manage Files > Refresh, or POST /data/services/refresh/catalog)")
+
+
+def stale_catalog(where: str, size, md5, got_size, got_md5=None) -> str:
+    """The message for content that is not what XNAT's catalog lists.
+
+    Size and digest in a listing come from XNAT's catalog, not from the file:
+    a file changed without a catalog refresh gives a digest no download
+    matches, and no retry helps.
+    """
+    listed = f"{size} bytes" + (f", MD5 {md5}" if md5 else "")
+    got = f"{got_size} bytes" + (f", MD5 {got_md5}" if got_md5 else "")
+    return (f"GET {where}: content does not match XNAT's listing: XNAT lists "
+            f"{listed}, the server sent {got}. Either XNAT's catalog is stale "
+            "(the file changed on the server without a catalog refresh) or the "
+            f"file changed since it was registered; nothing was kept. {REFRESH_HINT}")
+
+
 def fetch(
     xnat: XnatSession,
     path: str,
@@ -55,41 +97,47 @@ def fetch(
     size: int | None,
     md5: str | None,
     progress: Callable[[int], None] | None = None,
-    retries: int = 4,
-    backoff: float = 0.5,
 ) -> None:
     """Stream ``GET path`` into ``dest``, verified against ``size`` and ``md5``.
 
-    Raises :class:`BadResponse` for an HTML page, a wrong length or a wrong
-    digest (``dest`` is then removed), :class:`TransientError` when the body
-    kept breaking off after ``retries`` resumptions (``dest`` keeps the valid
-    prefix for a later resume), and whatever :meth:`XnatSession.request`
-    raises (NotFound, AccessDenied, CredentialRejected, ...).
+    Raises :class:`BadResponse` for an HTML page (after one fresh login), a
+    wrong length or a wrong digest (``dest`` is then removed),
+    :class:`TransientError` when the file's retry budget is spent (``dest``
+    keeps the valid prefix for a later resume), and whatever
+    :meth:`XnatSession.request` raises (NotFound, AccessDenied,
+    CredentialRejected, ...). A file of zero bytes is requested like any
+    other, and ``dest`` is then an empty file.
     """
     dest = Path(dest)
     md5 = md5.lower() if md5 else None
     where = f"{xnat.server}{path}"
     sniff = not path.lower().endswith(MARKUP_SUFFIXES)
+    budget = xnat.budget()
     offset, digest = _existing_prefix(dest, size)
     started_over = False
-    attempt = 0
+    page_retried = False
     while True:
         resumed_from = offset
         try:
-            if size is None or offset < size:
-                offset, digest = _stream(xnat, path, dest, offset, digest,
+            if size is None or offset < size or not dest.exists():
+                offset, digest = _stream(xnat, path, dest, offset, digest, budget,
                                          size=size, sniff=sniff, progress=progress)
         except _Interrupted as e:
             offset, digest = _existing_prefix(dest, size)
-            if attempt >= retries:
+            if not budget.spend(f"GET {path}: {e}"):
                 raise TransientError(
-                    f"GET {where}: the download broke off {attempt + 1} times, "
+                    f"GET {where}: the download broke off {budget.attempts} times, "
                     f"last: {e}; {offset} bytes are kept for a later resume"
                 ) from None
-            delay = backoff * (2 ** attempt)
-            lgr.debug("GET %s: %s; resuming in %.1fs", path, e, delay)
-            time.sleep(delay)
-            attempt += 1
+            continue
+        except _Page as e:
+            dest.unlink(missing_ok=True)
+            if not xnat.login_page(e.response, page_retried):
+                if page_retried:
+                    raise BadResponse(f"{e}, also right after a fresh login") from None
+                raise BadResponse(str(e)) from None
+            page_retried = True
+            offset, digest = 0, hashlib.md5()
             continue
         except BadResponse:
             dest.unlink(missing_ok=True)
@@ -105,11 +153,7 @@ def fetch(
             started_over = True
             offset, digest = 0, hashlib.md5()
             continue
-        raise BadResponse(
-            f"GET {where}: content does not match XNAT's listing: MD5 {got}, "
-            f"expected {md5} ({offset} bytes). The file may have changed on the "
-            "server since it was registered; nothing was kept"
-        )
+        raise BadResponse(stale_catalog(where, size, md5, offset, got))
 
 
 def _existing_prefix(dest: Path, size: int | None):
@@ -132,7 +176,7 @@ def _existing_prefix(dest: Path, size: int | None):
     return have, digest
 
 
-def _stream(xnat, path, dest, offset, digest, *, size, sniff, progress):
+def _stream(xnat, path, dest, offset, digest, budget, *, size, sniff, progress):
     """One request: append the body to ``dest``; return (bytes, digest).
 
     Raises _Interrupted when the body ended early; the returned state is then
@@ -143,15 +187,15 @@ def _stream(xnat, path, dest, offset, digest, *, size, sniff, progress):
     headers = {"Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    response = xnat.request("GET", path, headers=headers, stream=True)
+    response = xnat.request("GET", path, headers=headers, stream=True, budget=budget)
     with response:
         status = response.status_code
         if offset and status == 200:
             lgr.debug("GET %s: the server ignored the Range request", path)
             offset, digest = 0, hashlib.md5()
         elif status == 206:
-            start = _content_range_start(response.headers.get("Content-Range", ""))
-            if not offset or start != offset:
+            start, total = _content_range(response.headers.get("Content-Range", ""))
+            if not offset or start != offset or (size is not None and total not in (None, size)):
                 raise BadResponse(
                     f"GET {where}: unexpected partial content (Content-Range "
                     f"{response.headers.get('Content-Range', 'missing')!r} for "
@@ -159,48 +203,50 @@ def _stream(xnat, path, dest, offset, digest, *, size, sniff, progress):
                 )
         ctype = response.headers.get("Content-Type", "").lower()
         if sniff and ctype.startswith("text/html"):
-            raise BadResponse(
+            raise _Page(
                 f"GET {where}: the server sent an HTML page (Content-Type "
-                f"{ctype}) instead of the file; XNAT reports errors this way"
-            )
+                f"{ctype}) instead of the file; XNAT reports errors this way",
+                response)
         length = response.headers.get("Content-Length", "")
         encoded = response.headers.get("Content-Encoding", "identity") != "identity"
+        # Restlet 1.1 announces the whole file's length for a partial answer
+        allowed = {size - offset, size} if status == 206 and size is not None \
+            else {size - offset} if size is not None else set()
         if size is not None and length.isdigit() and not encoded \
-                and int(length) != size - offset:
-            raise BadResponse(
-                f"GET {where}: the server announces {int(length) + offset} "
-                f"bytes, XNAT's listing said {size}. The file may have changed "
-                "on the server since it was registered"
-            )
+                and int(length) not in allowed:
+            raise BadResponse(stale_catalog(where, size, None, int(length) + offset))
         received = offset
         reported = received
         read = _reader(response)
         with open(dest, "ab" if offset else "wb") as out:
-            while True:
+            # never wait for bytes beyond the listed size: a partial answer
+            # may announce more than it sends (the connection is then closed)
+            while size is None or received < size:
                 try:
-                    chunk = read(CHUNK)
+                    chunk = read(min(CHUNK, size - received) if size is not None else CHUNK)
                 except _BROKEN as e:
                     raise _Interrupted(
                         f"{type(e).__name__} after {received} bytes") from None
                 if not chunk:
                     break
                 if sniff and received == 0 and looks_like_html(chunk[:512]):
-                    raise BadResponse(
+                    raise _Page(
                         f"GET {where}: the server sent an HTML page instead of "
-                        "the file; XNAT reports errors this way"
-                    )
-                if size is not None and received + len(chunk) > size:
-                    raise BadResponse(
-                        f"GET {where}: the server sent more than the {size} "
-                        "bytes in XNAT's listing. The file may have changed on "
-                        "the server since it was registered"
-                    )
+                        "the file; XNAT reports errors this way", response)
                 out.write(chunk)
                 digest.update(chunk)
                 received += len(chunk)
                 if progress is not None and received - reported >= CHUNK:
                     progress(received)
                     reported = received
+            if status == 200 and size is not None and received == size \
+                    and not length.isdigit():
+                try:
+                    extra = read(1)  # chunked: the end must come now
+                except _BROKEN:
+                    extra = b""
+                if extra:
+                    raise BadResponse(stale_catalog(where, size, None, f"more than {size}"))
         if progress is not None and received != reported:
             progress(received)
     if size is not None and received < size:
@@ -222,8 +268,12 @@ def _reader(response):
     return lambda n: raw.read(n, decode_content=True)
 
 
-def _content_range_start(value: str) -> int | None:
-    """The first byte of ``Content-Range: bytes START-END/TOTAL``."""
+def _content_range(value: str) -> tuple[int | None, int | None]:
+    """First byte and total length of ``Content-Range: bytes START-END/TOTAL``
+    (the end is not used: Restlet 1.1 may state it wrongly)."""
     unit, _, spec = value.strip().partition(" ")
     first = spec.partition("-")[0]
-    return int(first) if unit == "bytes" and first.isdigit() else None
+    total = spec.rpartition("/")[2]
+    if unit != "bytes" or not first.isdigit():
+        return None, None
+    return int(first), (int(total) if total.isdigit() else None)

@@ -12,7 +12,7 @@ from ..credentials import (
     resolve_server,
     resolve_verify,
 )
-from ..xnat.session import XnatSession
+from ..xnat.session import XnatSession, request_limits
 
 
 def xnat_session(cfg, server: str | None, credential: str | None) -> XnatSession:
@@ -27,7 +27,11 @@ def xnat_session(cfg, server: str | None, credential: str | None) -> XnatSession
         raise CredentialError(
             f"no credential {name!r} for {server_url}: run "
             f"'datalad fmrif-login --server {server_url}' first")
-    return XnatSession(server_url, cred, verify=resolve_verify(cfg))
+    try:
+        limits = request_limits(cfg)
+    except ValueError as e:  # a setting the user can correct, like a credential
+        raise CredentialError(str(e)) from None
+    return XnatSession(server_url, cred, verify=resolve_verify(cfg), **limits)
 
 
 class NotInDataset(ValueError):

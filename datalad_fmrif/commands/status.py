@@ -16,6 +16,7 @@ from datalad_next.commands import (
 )
 from datalad_next.constraints import EnsureDataset, EnsureListOf, EnsureStr
 
+from .. import failures
 from ..credentials import CredentialError
 from ..plan import PlanError, name_sessions, plan_session, sanitize_label, session_folder
 from ..provenance import (
@@ -143,7 +144,8 @@ class FmrifStatus(ValidatedInterface):
             return
         try:
             with xnat:
-                yield from _check(xnat, manifests, every, prefixes, result)
+                yield from _check(xnat, manifests, every, prefixes, result,
+                                  failures.load(root))
         except XnatError as e:
             yield result("error", str(e), type="dataset")
 
@@ -220,7 +222,7 @@ def _under(path: str, prefixes: list[str] | None) -> bool:
     return any(path == p or path.startswith(p + "/") or p == "." for p in prefixes)
 
 
-def _check(xnat, manifests: dict, every: dict, prefixes, result):
+def _check(xnat, manifests: dict, every: dict, prefixes, result, failed: dict):
     """Check the sessions of *manifests* (those the paths selected); sessions
     on XNAT that *every* manifest of the dataset lacks are untracked, and
     reported when their folder is under the paths (*prefixes*)."""
@@ -259,10 +261,13 @@ def _check(xnat, manifests: dict, every: dict, prefixes, result):
                 yield result("ok", f"session {sid} is no longer listed by XNAT",
                              where=_folder(m), state="deleted", xnat_session_id=sid)
                 continue
-            yield from _check_session(xnat, m, listed[sid], result)
+            try:
+                yield from _check_session(xnat, m, listed[sid], result, failed)
+            except AccessDenied as e:  # e.g. a session no longer readable
+                yield result("error", str(e), where=_folder(m), xnat_session_id=sid)
 
 
-def _check_session(xnat, manifest: dict, session: Session, result):
+def _check_session(xnat, manifest: dict, session: Session, result, failed: dict):
     options = options_from_record(manifest["options"])
     resources = [r for r in options.resources if r != "DICOM"]
     catalog = session_catalog(xnat, session, resources)
@@ -271,6 +276,9 @@ def _check_session(xnat, manifest: dict, session: Session, result):
                         project=manifest["project"], options=options)
     differences = compare_session(manifest, plan)
     for path, state, detail in differences:
+        if state == "untracked" and path in failed:
+            # e.g. a stale catalog: the last download said why
+            detail += f"; the last download failed: {failed[path]}"
         yield result("ok", detail, where=path, type="file", state=state,
                      xnat_session_id=session.id)
     counts = {}

@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources as importlib_resources
@@ -35,6 +36,16 @@ from .study import FORBIDDEN_PROJECT, Study, StudySpec
 
 XNAT_VERSION = "1.8.10"
 UUID_RE = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
+#: How ``Range: bytes=N-`` is answered: "restlet" as XNAT 1.8's Restlet 1.1
+#: does (206, bytes N..end, but Content-Length of the whole file and
+#: Content-Range ``bytes N-(N+size)/size``), "correct" as RFC 9110 says.
+RANGE_ANSWERS = ("restlet", "correct")
+#: How zips are written: "java" as XNAT's ZipOutputStream (STORED entries with
+#: size and CRC in the local header, UTF-8 flag, no data descriptor),
+#: "descriptor" with sizes in a data descriptor after each entry.
+ZIP_SHAPES = ("java", "descriptor")
+FILE_COLUMNS = ["Name", "Size", "URI", "collection", "file_tags", "file_format", "file_content",
+                "cat_ID", "digest"]
 FAULT_KINDS = ("status", "reset", "truncate", "html200", "slow", "expire", "body")
 
 
@@ -181,6 +192,8 @@ class _ServerState:
         self.log: list[RequestRecord] = []
         self.latency = 0.0
         self.bandwidth: Optional[float] = None
+        self.range_answer = "restlet"
+        self.zip_shape = "java"
 
     # ---- login
     def check_login(self, name: str, password: str) -> Optional[str]:
@@ -667,8 +680,8 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
                     session = study.session(ident)
                     if session is not None:
                         self._check_project(session.project)
-                if session is None:
-                    raise _HTTPError(404, f"Unable to find experiment {ident}")
+                if session is None or not study.readable(session.id):
+                    self._unreadable_session(ident, seg[i + 2:], missing=session is None)
             elif coll == "scans" and session is not None and scan is None and not scan_all:
                 if ident == "ALL" or "," in ident:
                     scan_all = ident
@@ -679,6 +692,10 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
             elif coll == "resources" and session is not None and resource is None and not scan_all:
                 pool = study.scan_resources(session.id, scan.id) if scan else study.session_resources(session.id)
                 resource = next((r for r in pool if ident in (r.id, r.label)), None)
+                if resource is None and seg[i + 2:] == ["files"] and scan is None:
+                    # FileList.java: a session resource that does not exist
+                    # lists no files (200), it is not a 404
+                    return self._empty_files()
                 if resource is None:
                     raise _HTTPError(404, f"Unable to find resource {ident}")
             elif coll == "files" and session is not None:
@@ -688,6 +705,24 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
                 raise _HTTPError(404, f"Unsupported path /data/{'/'.join(seg)}")
             i += 2
         return self._item(project, subject, session, scan, resource)
+
+    def _unreadable_session(self, ident: str, rest: list, missing: bool):
+        """What XNAT 1.8 answers for a session that is gone, or that this user
+        may not read (xnat-web 1.8.10.1): ScanList.java dereferences the
+        session it could not load (500, a NullPointerException page);
+        FileList.java finds no catalogs and lists nothing (200, empty); the
+        session itself is not found."""
+        if rest == ["scans"]:
+            raise _HTTPError(500, "java.lang.NullPointerException")
+        if len(rest) == 3 and rest[0] in ("scans", "resources") and rest[2] == "files":
+            return self._empty_files()
+        raise _HTTPError(404, f"Unable to find experiment {ident}")
+
+    def _empty_files(self):
+        if self.query.get("format") == "zip":
+            raise _HTTPError(404, "No files to zip")
+        self._send_rows([], FILE_COLUMNS, honour_columns=False)
+        raise _Done
 
     # ---- rows
     def _project_row(self, p):
@@ -723,7 +758,11 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
             uri = f"/data/experiments/{f.session_id}/scans/{f.scan_id}/resources/{f.resource_id}/files/{f.name}"
         else:
             uri = f"/data/experiments/{f.session_id}/resources/{f.resource_id}/files/{f.name}"
-        return {"Name": f.name, "Size": str(f.size), "URI": uri, "collection": f.resource,
+        # FileList.java: Name is the file's name, URI its path relative to the
+        # resource, as stored: never URL-encoded; Size and digest come from
+        # the catalog, which may be stale
+        study = self.state.study
+        return {"Name": f.name.rsplit("/", 1)[-1], "Size": str(study.listed_size(f)), "URI": uri, "collection": f.resource,
                 "file_tags": "", "file_format": "DICOM" if f.name.endswith(".dcm") else "",
                 "file_content": "RAW" if f.name.endswith(".dcm") else "", "cat_ID": f.resource_id,
                 "digest": f.md5}
@@ -790,8 +829,7 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
             if self.query.get("format") == "zip":
                 return self._zip(session, files, scans)
             rows = [self._file_row(f) for f in files]
-            return self._send_rows(rows, ["Name", "Size", "URI", "collection", "file_tags", "file_format",
-                                          "file_content", "cat_ID", "digest"], honour_columns=False)
+            return self._send_rows(rows, FILE_COLUMNS, honour_columns=False)
         else:
             raise _HTTPError(404, "Unsupported listing")
         return self._send_rows(rows, default)
@@ -880,12 +918,15 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
         if scan is None and resource is None:
             raise _HTTPError(404, "Files must be addressed under a scan or a resource")
         f = study.file(session.id, scan.id if scan else None, name)
-        if f is None or (resource is not None and f.resource_id != resource.id):
+        if f is None or (resource is not None and f.resource_id != resource.id) \
+                or not study.on_disk(f):
             raise _HTTPError(404, f"Unable to find file {name}")
         data = f.content()
         ctype = "application/dicom" if name.endswith(".dcm") else "text/plain"
         headers = {"Accept-Ranges": "bytes",
-                   "Content-Disposition": f'attachment; filename="{name}"',
+                   # Tomcat writes header bytes as they are (ISO-8859-1)
+                   "Content-Disposition": 'attachment; filename="%s"' % name.rsplit("/", 1)[-1]
+                   .encode("utf-8").decode("latin-1"),
                    "Last-Modified": "Mon, 15 Jan 2024 12:00:00 GMT"}
         rng = self.headers.get("Range")
         if rng:
@@ -901,12 +942,27 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
             end = min(end, size - 1)
             if start >= size or start > end:
                 return self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{size}"})
+            if self.state.range_answer == "restlet" and m.group(1) and not m.group(2):
+                # Restlet 1.1 (RangeUtils.formatContentRange, HttpServerConverter):
+                # the end index is start + size and the announced length is the
+                # whole entity's; the body holds bytes start..end only. The
+                # client must stop reading after them: the connection closes.
+                headers["Content-Range"] = f"bytes {start}-{start + size}/{size}"
+                self.close_connection = True
+                headers["Connection"] = "close"
+                return self._send(206, data[start:], ctype, headers, length=size)
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
             return self._send(206, data[start:end + 1], ctype, headers)
         return self._send(200, data, ctype, headers)
 
     def _zip(self, session, files, scans):
+        """A zip as XNAT 1.8 streams it (ZipRepresentation and ZipUtils of
+        xnat-web 1.8.10.1): files missing on disk are skipped without a word,
+        and a zip with nothing in it is a 404."""
         scan_by_id = {sc.id: sc for sc in scans}
+        files = [f for f in files if self.state.study.on_disk(f)]
+        if not files:
+            raise _HTTPError(404, "No files to zip")
         self._log(200)
         fault = self.fault
         self.send_response(200)
@@ -922,20 +978,52 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
             return
         writer = _BodyWriter(self, chunked=True, cut_after=fault.after_bytes if fault else None,
                              cut_kind=fault.kind if fault else None)
-        with zipfile.ZipFile(writer, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for f in files:
-                if f.scan_id is not None:
-                    sc = scan_by_id.get(f.scan_id)
-                    stype = _safe(sc.type) if sc else ""
-                    arc = f"{session.label}/scans/{f.scan_id}-{stype}/resources/{f.resource}/files/{f.name}"
-                else:
-                    arc = f"{session.label}/resources/{f.resource}/files/{f.name}"
-                info = zipfile.ZipInfo(arc, date_time=(2024, 1, 15, 12, 0, 0))
-                info.compress_type = zipfile.ZIP_STORED
-                zf.writestr(info, f.content())
+        entries = []
+        for f in files:
+            if f.scan_id is not None:
+                sc = scan_by_id.get(f.scan_id)
+                stype = _safe(sc.type) if sc else ""
+                arc = f"{session.label}/scans/{f.scan_id}-{stype}/resources/{f.resource}/files/{f.name}"
+            else:
+                arc = f"{session.label}/resources/{f.resource}/files/{f.name}"
+            entries.append((arc, f.content()))
+        if self.state.zip_shape == "java":
+            _write_java_zip(writer, entries)
+        else:
+            with zipfile.ZipFile(writer, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                for arc, data in entries:
+                    info = zipfile.ZipInfo(arc, date_time=(2024, 1, 15, 12, 0, 0))
+                    info.compress_type = zipfile.ZIP_STORED
+                    zf.writestr(info, data)
         if fault is not None:
             raise _ConnectionReset(fault.kind)
         writer.finish()
+
+
+_DOS_TIME, _DOS_DATE = (12 << 11), ((2024 - 1980) << 9) | (1 << 5) | 15  # 2024-01-15 12:00
+
+
+def _write_java_zip(out, entries) -> None:
+    """Entries as java.util.zip.ZipOutputStream writes STORED ones: the CRC
+    and both sizes in the local header (Java demands them before the data),
+    no data descriptor, general purpose flag 0x800 (names in UTF-8: Java
+    sets it for every entry with its default charset), version 10."""
+    central, offset = [], 0
+    for name, data in entries:
+        raw = name.encode("utf-8")
+        crc = zlib.crc32(data)
+        head = struct.pack("<IHHHHHIIIHH", 0x04034B50, 10, 0x800, 0, _DOS_TIME, _DOS_DATE,
+                           crc, len(data), len(data), len(raw), 0)
+        out.write(head + raw)
+        out.write(data)
+        central.append(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 10, 10, 0x800, 0,
+                                   _DOS_TIME, _DOS_DATE, crc, len(data), len(data), len(raw),
+                                   0, 0, 0, 0, 0, offset) + raw)
+        offset += len(head) + len(raw) + len(data)
+    directory = b"".join(central)
+    out.write(directory)
+    out.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(central), len(central),
+                          len(directory), offset, 0))
 
 
 # ====================================================================== the server object
@@ -994,7 +1082,8 @@ class Sandbox:
                  lockout_after: int = 5, session_timeout: float = 900.0,
                  forbidden_projects: Iterable[str] = (FORBIDDEN_PROJECT,),
                  token_lifetime: float = 48 * 3600.0, port: int = 0,
-                 https: tuple | None = None):
+                 https: tuple | None = None, range_answer: str = "restlet",
+                 zip_shape: str = "java"):
         self.spec = spec or StudySpec()
         self.study = Study(self.spec)
         users = dict(users) if users is not None else {"demo": "demo-password"}
@@ -1004,6 +1093,12 @@ class Sandbox:
                                    forbidden_projects, token_lifetime)
         self._state.latency = latency
         self._state.bandwidth = bandwidth
+        if range_answer not in RANGE_ANSWERS:
+            raise ValueError(f"range_answer must be one of {RANGE_ANSWERS}")
+        if zip_shape not in ZIP_SHAPES:
+            raise ValueError(f"zip_shape must be one of {ZIP_SHAPES}")
+        self._state.range_answer = range_answer
+        self._state.zip_shape = zip_shape
         self._port = port
         self._https = https
         self._server: Optional[_Server] = None

@@ -56,6 +56,19 @@ NORMAL_SCANS = [
 #: Series that carry burned-in identifying information on FMRIF's GE scanners.
 SPECIAL_SCANS = ["REQUISITION", "SCREEN-SAVE", "SAVE"]
 
+#: Names of files people upload to session resources, as XNAT stores and
+#: lists them (a relative path, never URL-encoded): each one breaks a client
+#: that unquotes, splits a URL at ``#``/``?``, or keeps only the base name.
+ODD_NAMES = (
+    "ECG #2.1D",
+    "50%41.txt",
+    "a (1)?.1D",
+    "Atemkurve_\u00fcber_\u00c9tage.1D",
+    "run 2/Resp #1.1D",
+)
+
+EMPTY_NAME = "run 2/empty.log"
+
 _SCAN_STRIDE = 100  # resource IDs: experiment number * stride + scan index
 
 
@@ -70,6 +83,9 @@ class StudySpec:
     files_per_scan: int = 4
     file_size: int = 8192
     physio: bool = True
+    #: the ``supplementary`` resource also holds files named as people name
+    #: uploads (``#``, ``?``, ``%``, spaces, parentheses, non-ASCII, a folder)
+    odd_names: bool = False
 
     def __post_init__(self):
         lo, hi = self.sessions_per_subject
@@ -215,6 +231,10 @@ class Study:
         self._file_versions: dict[tuple, int] = {}
         self._digest_overrides: dict[tuple, str] = {}
         self._renamed: dict[tuple, str] = {}  # (session ID, scan ID, index) -> name
+        self._resized: dict[tuple, int] = {}  # DICOM file -> its new size
+        self._stale: dict[tuple, tuple] = {}  # file -> (listed size, listed digest)
+        self._gone_from_disk: set[tuple] = set()  # listed, but not on disk
+        self._unreadable: set[str] = set()  # sessions listed, but not readable
         # caches
         self._content_cache = dicom.ByteLRU(64 * 1024 * 1024)
         self._md5_cache = dicom.BoundedDict(500_000)
@@ -395,6 +415,17 @@ class Study:
                              ("physio", session.number, kind, run))
                     f.size = len(self._content(f))
                     files.append(f)
+            if self.spec.odd_names:
+                for i, name in enumerate(ODD_NAMES, start=10):
+                    f = File(self, session.id, None, resource.label, resource.id, name, 0,
+                             ("physio", session.number, "ECG", i))
+                    f.size = len(self._content(f))
+                    files.append(f)
+                # a zero-byte upload (an empty marker or log file)
+                f = File(self, session.id, None, resource.label, resource.id,
+                         EMPTY_NAME, 0, ("empty", session.number))
+                f.size = len(self._content(f))
+                files.append(f)
             return files
         scan = self.scan(resource.session_id, resource.scan_id)
         files = []
@@ -404,9 +435,10 @@ class Study:
             else:
                 name = dicom.uid(self.seed, "file", session.number, scan.id, i) + ".dcm"
             name = self._renamed.get((session.id, scan.id, i), name)
+            size = self.spec.file_size if session.project == MAIN_PROJECT else 4096
+            size = self._resized.get((session.id, scan.id, name), size)
             files.append(File(self, session.id, scan.id, resource.label, resource.id, name,
-                              self.spec.file_size if session.project == MAIN_PROJECT else 4096,
-                              ("dicom", session.number, scan.id, i)))
+                              size, ("dicom", session.number, scan.id, i)))
         return files
 
     def scan_files(self, session_id: str, scan_id: str) -> list[File]:
@@ -442,7 +474,9 @@ class Study:
             return data
         version = key[-1]
         session = self.session(f.session_id)
-        if key[0] == "physio":
+        if key[0] == "empty":
+            data = b"" if not version else b"no longer empty\n"
+        elif key[0] == "physio":
             data = dicom.make_physio(seed=self.seed, kind=key[2], key=f"{key[1]}:{key[3]}", version=version)
         else:
             scan = self.scan(f.session_id, f.scan_id)
@@ -475,8 +509,27 @@ class Study:
 
     def _listed_digest(self, f: File) -> str:
         with self._lock:
-            override = self._digest_overrides.get((f.session_id, f.scan_id, f.name))
+            k = (f.session_id, f.scan_id, f.name)
+            override = self._digest_overrides.get(k)
+            stale = self._stale.get(k)
+        if stale is not None:
+            return stale[1]
         return override if override is not None else self._md5(f)
+
+    def listed_size(self, f: File) -> int:
+        """The size XNAT's catalog reports (stale after :meth:`make_stale`)."""
+        with self._lock:
+            stale = self._stale.get((f.session_id, f.scan_id, f.name))
+        return stale[0] if stale is not None else f.size
+
+    def on_disk(self, f: File) -> bool:
+        """False for a file the catalog lists but the archive lacks."""
+        with self._lock:
+            return (f.session_id, f.scan_id, f.name) not in self._gone_from_disk
+
+    def readable(self, session_id: str) -> bool:
+        with self._lock:
+            return session_id not in self._unreadable
 
     # ------------------------------------------------------------------ mutations
     def add_session(self, subject_id: str) -> Session:
@@ -536,6 +589,39 @@ class Study:
             raise KeyError((session_id, scan_id, name))
         with self._lock:
             self._renamed[(session_id, scan_id, f._key[3])] = new_name
+
+    def make_stale(self, session_id: str, scan_id: Optional[str], name: str,
+                   new_size: Optional[int] = None) -> File:
+        """The file changes on disk, XNAT's catalog is not refreshed: listings
+        keep its old size and digest (XNAT reads both from the catalog), the
+        download sends the new content. ``new_size`` also changes the length
+        of a DICOM file."""
+        old = self.file(session_id, scan_id, name)
+        if old is None:
+            raise KeyError((session_id, scan_id, name))
+        listed = (old.size, self._listed_digest(old))
+        with self._lock:
+            k = (session_id, scan_id, name)
+            self._stale[k] = listed
+            self._file_versions[k] = self._file_versions.get(k, 0) + 1
+            if new_size is not None and old._key[0] == "dicom":
+                self._resized[k] = new_size
+        return self.file(session_id, scan_id, name)
+
+    def remove_from_disk(self, session_id: str, scan_id: Optional[str], name: str) -> None:
+        """The file goes from the archive's disk; the catalog still lists it."""
+        if self.file(session_id, scan_id, name) is None:
+            raise KeyError((session_id, scan_id, name))
+        with self._lock:
+            self._gone_from_disk.add((session_id, scan_id, name))
+
+    def make_unreadable(self, session_id: str) -> None:
+        """The session stays in its subject's experiment listing, but its
+        data cannot be read (permissions changed, archive moved or gone)."""
+        if self.session(session_id) is None:
+            raise KeyError(session_id)
+        with self._lock:
+            self._unreadable.add(session_id)
 
     def set_digest(self, session_id: str, scan_id: Optional[str], name: str, value: Optional[str]) -> None:
         """Make listings report ``value`` as the digest (None: the true MD5 again)."""

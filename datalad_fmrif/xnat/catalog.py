@@ -16,9 +16,17 @@ from __future__ import annotations
 
 import re
 from typing import Iterable
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
-from .errors import NotFound
+from .errors import (
+    CredentialRejected,
+    NotFound,
+    NotXnat,
+    ServerUnreachable,
+    SessionUnreadable,
+    TlsError,
+    XnatError,
+)
 from .records import RemoteFile, Scan, Session, SessionCatalog, Subject
 from .session import XnatSession
 
@@ -94,18 +102,24 @@ def _file_uri_pattern(server: str, session_id: str, scan_level: bool) -> re.Patt
 
 def parse_file_rows(rows: Iterable[dict], *, server: str, session_id: str,
                     scan_level: bool) -> tuple[list[RemoteFile], list[str]]:
-    """File rows of a listing -> records, and the reasons rows were refused."""
+    """File rows of a listing -> records, and the reasons rows were refused.
+
+    XNAT 1.8 lists a file's URI with its path inside the resource as
+    stored, NOT URL-encoded (FileList.java): ``.../files/ECG #2.1D`` and
+    ``.../files/50%41.txt`` are those names. So the URI is matched as text,
+    never split at ``?`` or ``#`` and never unquoted; the one quoting
+    happens when a download URL is built (:attr:`RemoteFile.path`).
+    """
     pattern = _file_uri_pattern(server, session_id, scan_level)
     files, rejected = [], []
     for n, row in enumerate(rows, 1):
         uri = _field(row, "URI")
-        parts = urlsplit(uri)
-        match = pattern.match(parts.path) if not (parts.scheme or parts.netloc) else None
+        match = None if "://" in uri.split("/files/", 1)[0] else pattern.match(uri)
         if match is None:
             rejected.append(f"row {n}: URI is not a file of session {session_id} "
                             "on this server; ignored")
             continue
-        name = unquote(match["name"])
+        name = match["name"]
         try:
             size = int(_field(row, "Size"))
             if size < 0:
@@ -116,9 +130,9 @@ def parse_file_rows(rows: Iterable[dict], *, server: str, session_id: str,
         digest = _field(row, "digest").strip()
         files.append(RemoteFile(
             session_id=session_id,
-            scan_id=unquote(match["scan"]) if scan_level else None,
-            resource=_field(row, "collection") or unquote(match["resource"]),
-            resource_id=_field(row, "cat_ID") or unquote(match["resource"]),
+            scan_id=match["scan"] if scan_level else None,
+            resource=_field(row, "collection") or match["resource"],
+            resource_id=_field(row, "cat_ID") or match["resource"],
             name=name,
             size=size,
             md5=digest.lower() if _MD5.match(digest) else "",
@@ -129,13 +143,25 @@ def parse_file_rows(rows: Iterable[dict], *, server: str, session_id: str,
 def session_catalog(xnat: XnatSession, session: Session,
                     session_resources: Iterable[str] = ()) -> SessionCatalog:
     """Scans and files of one session: two requests, plus one per
-    session-level resource asked for."""
+    session-level resource asked for.
+
+    A session of which XNAT lists no files at all is not "nothing to do":
+    XNAT 1.8 answers the file listing of a session the user cannot read, or
+    whose data is gone, with 200 and an empty list, and its scan listing
+    with a 500 (ScanList.java, FileList.java). Its scan listing is then
+    asked for once, without retries, to tell which, and
+    :class:`SessionUnreadable` says so. A session-level resource that does
+    not exist lists no files (200), which is normal and silent.
+    """
     base = f"/data/experiments/{_q(session.id)}"
-    scans = _scans(xnat.result_set(f"{base}/scans"))
     files, rejected = parse_file_rows(
         xnat.result_set(f"{base}/scans/ALL/files"),
         server=xnat.server, session_id=session.id, scan_level=True,
-    ) if scans else ([], [])
+    )
+    if files:
+        scans = _scans(xnat.result_set(f"{base}/scans"))
+    else:
+        scans = _scans_of_empty_session(xnat, session)
     for label in session_resources:
         try:
             rows = xnat.result_set(f"{base}/resources/{_q(label)}/files")
@@ -154,6 +180,40 @@ def session_catalog(xnat: XnatSession, session: Session,
                      "listing; ignored"]
     return SessionCatalog(session=session, scans=scans, files=tuple(files),
                           rejected=tuple(rejected))
+
+
+def _scans_of_empty_session(xnat: XnatSession, session: Session) -> tuple[Scan, ...]:
+    """The scans of a session whose file listing is empty, or
+    :class:`SessionUnreadable`: one request, no retries (the 500 of an
+    unreadable session is XNAT's answer, not a passing fault)."""
+    sid = session.id
+    try:
+        scans = _scans(xnat.result_set(f"/data/experiments/{_q(sid)}/scans",
+                                       budget=xnat.budget(retries=0)))
+    except XnatError as e:
+        if isinstance(e, (CredentialRejected, ServerUnreachable, TlsError, NotXnat)):
+            raise  # not this session's problem
+        raise SessionUnreadable(
+            f"session {sid} is listed for its subject, but XNAT lists no files "
+            f"of it and cannot list its scans ({_short(e)}): you may not be "
+            "allowed to read it, or its data is gone from the archive. Check "
+            "whether you can open it on the XNAT web page; ask the project "
+            "owner for access, or an XNAT admin where its data is") from None
+    if scans:
+        raise SessionUnreadable(
+            f"session {sid} is listed for its subject with {len(scans)} scan(s), "
+            "but XNAT lists no files of it: you may not be allowed to read its "
+            "files, or they are gone from the archive. Check whether you can "
+            "open it on the XNAT web page; ask the project owner for access, or "
+            "an XNAT admin where its data is")
+    raise SessionUnreadable(
+        f"session {sid} is listed for its subject, but XNAT lists no scans and "
+        "no files of it: the session is empty on XNAT")
+
+
+def _short(error: Exception) -> str:
+    text = str(error)
+    return text.rsplit(": ", 1)[-1] if ": " in text else text
 
 
 # -- a project at a glance (fmrif-list) -------------------------------------------

@@ -40,6 +40,12 @@ class AccessDenied(XnatError):
     """403: the user may not read this project or object."""
 
 
+class SessionUnreadable(AccessDenied):
+    """A session its subject lists, of which XNAT lists no files: the user
+    may not read it, its data is gone, or it is empty. XNAT 1.8 says so only
+    indirectly (an empty file listing, a 500 for its scans)."""
+
+
 class NotFound(XnatError):
     """404: no such project, subject, session, scan or file."""
 

@@ -44,6 +44,70 @@ _XNATPY_LOGGER.setLevel(logging.WARNING)
 TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 LOGIN_HELP = "Run 'datalad fmrif-login' to store the right password"
 
+# Defaults a real, busy XNAT survives: a big session's file listing can take
+# minutes to build, and a proxy in front of XNAT answers 504 meanwhile.
+DEFAULT_TIMEOUT = 300.0  # seconds to wait for the next bytes of an answer
+DEFAULT_RETRIES = 4  # per request or file: 5 attempts, 7.5 s of waiting
+# a server that answers at all accepts a connection at once; waiting the
+# read timeout for a silent one (VPN down) would cost minutes per attempt
+CONNECT_TIMEOUT = 15.0
+# connections kept per host: one per parallel job (-J allows up to 32)
+POOL_SIZE = 32
+
+
+def request_limits(cfg) -> dict:
+    """``timeout`` and ``retries`` for :class:`XnatSession` from git config
+    ``datalad.fmrif.timeout`` (seconds) and ``datalad.fmrif.retries``.
+
+    A value that is not a number is an error naming the setting, not a
+    silent default.
+    """
+    limits = {}
+    for name, kind, lowest in (("timeout", float, 1), ("retries", int, 0)):
+        value = cfg.get(f"datalad.fmrif.{name}")
+        if value in (None, ""):
+            continue
+        try:
+            number = kind(value)
+            if number < lowest:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"git config datalad.fmrif.{name} is {value!r}; it must be "
+                f"a number of at least {lowest}") from None
+        limits[name] = number
+    return limits
+
+
+class RetryBudget:
+    """The failures one request, or one file, may still survive.
+
+    One budget per file is shared by every request of its transfer (the
+    first one and each resumption), so that a file sees at most
+    ``retries + 1`` attempts however its body breaks off; waits grow as
+    ``backoff * 2**n``.
+    """
+
+    def __init__(self, retries: int, backoff: float):
+        self.retries = retries
+        self.backoff = backoff
+        self.spent = 0
+
+    def spend(self, what: str) -> bool:
+        """Wait before the next attempt after failure ``what``; False when
+        the budget is used up (the caller then raises)."""
+        if self.spent >= self.retries:
+            return False
+        delay = self.backoff * (2 ** self.spent)
+        self.spent += 1
+        lgr.debug("%s; retrying in %.1fs", what, delay)
+        time.sleep(delay)
+        return True
+
+    @property
+    def attempts(self) -> int:
+        return self.spent + 1
+
 
 def _could_not_connect(error: Exception) -> bool:
     """No connection was made at all (refused, no route, name, connect
@@ -66,8 +130,8 @@ class _CaBundleAdapter(requests.adapters.HTTPAdapter):
     a bundle configured in ``datalad.fmrif.ca-bundle`` would lose to it.
     """
 
-    def __init__(self, bundle: str):
-        super().__init__()
+    def __init__(self, bundle: str, **pool):
+        super().__init__(**pool)
         self.bundle = bundle
 
     def send(self, request, **kwargs):
@@ -78,6 +142,15 @@ class _CaBundleAdapter(requests.adapters.HTTPAdapter):
 def _pin_ca_bundle(session: requests.Session, verify: str | bool) -> None:
     if isinstance(verify, str):
         session.mount("https://", _CaBundleAdapter(verify))
+
+
+def _pooled(session: requests.Session, verify: str | bool) -> None:
+    """Keep a connection per parallel job: requests' default pool of 10
+    would close and reopen connections beyond that, one TLS handshake each."""
+    pool = {"pool_connections": POOL_SIZE, "pool_maxsize": POOL_SIZE}
+    session.mount("http://", requests.adapters.HTTPAdapter(**pool))
+    session.mount("https://", _CaBundleAdapter(verify, **pool) if isinstance(verify, str)
+                  else requests.adapters.HTTPAdapter(**pool))
 
 
 @contextlib.contextmanager
@@ -141,9 +214,9 @@ class XnatSession:
         credential: Credential,
         *,
         verify: str | bool = True,
-        retries: int = 4,
+        retries: int = DEFAULT_RETRIES,
         backoff: float = 0.5,
-        timeout: float = 60.0,
+        timeout: float = DEFAULT_TIMEOUT,
         rejections: Rejections | None = None,
     ):
         self.server = server.rstrip("/")
@@ -158,6 +231,9 @@ class XnatSession:
         self._xnat = None  # the xnatpy session
         self._generation = 0
         self._lock = threading.Lock()
+        # set when XNAT answered an HTML page again right after a fresh
+        # login: pages are then errors, not expiry (no login per file)
+        self._pages_are_errors = False
 
     # -- connection -----------------------------------------------------------
 
@@ -229,7 +305,7 @@ class XnatSession:
                     logger=_XNATPY_LOGGER,
                     default_timeout=self.timeout,
                 )
-            _pin_ca_bundle(self._xnat.interface, self.verify)
+            _pooled(self._xnat.interface, self.verify)
         except requests.exceptions.SSLError as e:
             raise self._tls_error(e) from None
         except requests.exceptions.RequestException as e:
@@ -325,24 +401,29 @@ class XnatSession:
     # -- requests ---------------------------------------------------------------
 
     def request(self, method: str, path: str, *, params: dict | None = None,
-                headers: dict | None = None, stream: bool = False) -> requests.Response:
+                headers: dict | None = None, stream: bool = False,
+                budget: RetryBudget | None = None) -> requests.Response:
         """A request with retries on transient failures and one re-login.
 
         ``path`` is a server path (``/data/...``); it is never a full URL, so
-        nothing is ever sent to another host.
+        nothing is ever sent to another host. ``budget`` is the retry budget
+        to spend (a file's, shared by all requests of its transfer); without
+        one, the request has a budget of its own.
         """
         if not path.startswith("/") or path.startswith("//"):
             raise ValueError(f"not a server path: {path!r}")
         url = self.server + path
+        if budget is None:
+            budget = self.budget()
         reauthenticated = False
-        attempt = 0
         while True:
             http = self.http  # may log in first (lazily): the generation is
             generation = self._generation  # that of the session used here
             try:
                 response = http.request(
                     method, url, params=params, headers=headers, stream=stream,
-                    timeout=self.timeout, allow_redirects=False,
+                    timeout=(min(CONNECT_TIMEOUT, self.timeout), self.timeout),
+                    allow_redirects=False,
                 )
             except requests.exceptions.SSLError as e:
                 raise self._tls_error(e) from None
@@ -364,29 +445,57 @@ class XnatSession:
                             f"XNAT at {self.server} refused a fresh session for "
                             f"{method} {path}", attempts=self.login_attempts)
                     self._reauthenticate(generation)
+                    self._pages_are_errors = False
                     reauthenticated = True
                     continue
                 if response.status_code not in TRANSIENT_STATUS:
+                    response.generation = generation
                     return self._check_status(response, method, path)
                 failure = f"HTTP {response.status_code}"
                 unreachable = False
                 response.close()
-            if attempt >= self.retries:
+            if not budget.spend(f"{method} {path}: {failure}"):
                 if unreachable:
                     # not one file's problem: callers stop instead of
                     # spending the same retries on every other request
                     raise ServerUnreachable(
                         f"cannot reach XNAT at {self.server}: {method} {path} "
-                        f"failed after {attempt + 1} attempts: {failure}"
+                        f"failed after {budget.attempts} attempts: {failure}"
                     )
                 raise TransientError(
                     f"{method} {self.server}{path} failed after "
-                    f"{attempt + 1} attempts: {failure}"
+                    f"{budget.attempts} attempts: {failure}"
                 )
-            delay = self.backoff * (2 ** attempt)
-            lgr.debug("%s %s: %s; retrying in %.1fs", method, path, failure, delay)
-            time.sleep(delay)
-            attempt += 1
+
+    def budget(self, retries: int | None = None) -> RetryBudget:
+        """A fresh retry budget: what one request, or one file, may spend
+        (``retries``: fewer than the session's, for a request whose failure
+        is itself the answer)."""
+        return RetryBudget(self.retries if retries is None else retries, self.backoff)
+
+    @property
+    def pages_are_errors(self) -> bool:
+        """XNAT answered an HTML page again right after a fresh login."""
+        return self._pages_are_errors
+
+    def login_page(self, response: requests.Response, retried: bool) -> bool:
+        """After an HTML page where data was expected: log in again, once.
+
+        XNAT, or a single-sign-on proxy in front of it, may answer an
+        expired session with its login page and status 200. Returns True
+        when the request is worth one more try on a fresh session; False
+        when ``retried`` (the page came again right after a fresh login: an
+        error page, not expiry). From then on pages in this process are
+        taken as errors at once, so that a persistent page costs no login
+        per file. The password is never re-sent after a 401: :meth:`_login`
+        refuses.
+        """
+        if retried:
+            self._pages_are_errors = True
+        if self._pages_are_errors:
+            return False
+        self._reauthenticate(getattr(response, "generation", self._generation))
+        return True
 
     def _check_status(self, response: requests.Response, method: str, path: str):
         status = response.status_code
@@ -401,13 +510,13 @@ class XnatSession:
             raise NotFound(f"{where}: not found (404)")
         raise XnatError(f"{where}: HTTP {status}")
 
-    def get_json(self, path: str, params: dict | None = None) -> Any:
+    def get_json(self, path: str, params: dict | None = None, *,
+                 budget: RetryBudget | None = None) -> Any:
         """GET a JSON document, re-logging in once if XNAT answers its login page."""
         params = dict(params or {}, format="json")
-        for fresh_login in (False, True):
-            self.http  # noqa: B018 - log in first (lazily), as in request()
-            generation = self._generation
-            response = self.request("GET", path, params=params)
+        retried = False
+        while True:
+            response = self.request("GET", path, params=params, budget=budget)
             body = response.content
             if not looks_like_html(body[:512]):
                 try:
@@ -416,24 +525,37 @@ class XnatSession:
                     raise BadResponse(
                         f"GET {self.server}{path}: malformed JSON from the server"
                     ) from None
-            # XNAT answers an expired session with its login page and 200
-            if fresh_login:
-                break
-            self._reauthenticate(generation)
-        raise BadResponse(
-            f"GET {self.server}{path}: the server sent an HTML page where JSON "
-            "was expected"
-        )
+            if not self.login_page(response, retried):
+                raise BadResponse(
+                    f"GET {self.server}{path}: the server sent an HTML page where JSON "
+                    "was expected"
+                )
+            retried = True
 
-    def result_set(self, path: str, params: dict | None = None) -> list[dict]:
-        """The rows of an XNAT listing (``{"ResultSet": {"Result": [...]}}``)."""
-        doc = self.get_json(path, params)
-        try:
-            rows = doc["ResultSet"]["Result"]
-        except (KeyError, TypeError):
-            raise BadResponse(
-                f"GET {self.server}{path}: not an XNAT listing (no ResultSet)"
-            ) from None
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise BadResponse(f"GET {self.server}{path}: malformed listing rows")
-        return rows
+    def result_set(self, path: str, params: dict | None = None, *,
+                   budget: RetryBudget | None = None) -> list[dict]:
+        """The rows of an XNAT listing (``{"ResultSet": {"Result": [...]}}``).
+
+        A listing whose ``totalRecords`` is not its number of rows was cut
+        short or changed while XNAT built it: it is asked for once more,
+        then refused (never taken as complete).
+        """
+        for again in (False, True):
+            doc = self.get_json(path, params, budget=budget)
+            try:
+                rows = doc["ResultSet"]["Result"]
+            except (KeyError, TypeError):
+                raise BadResponse(
+                    f"GET {self.server}{path}: not an XNAT listing (no ResultSet)"
+                ) from None
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise BadResponse(f"GET {self.server}{path}: malformed listing rows")
+            total = str(doc["ResultSet"].get("totalRecords", "")).strip()
+            if not total.isdigit() or int(total) == len(rows):
+                return rows
+            lgr.debug("GET %s: totalRecords %s, %d rows", path, total, len(rows))
+        raise BadResponse(
+            f"GET {self.server}{path}: the listing says it has {total} rows but "
+            f"holds {len(rows)}, twice; XNAT may be changing this data. Run the "
+            "command again later"
+        )

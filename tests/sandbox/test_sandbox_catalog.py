@@ -159,9 +159,10 @@ def test_single_file_get_head_range(sb, http, get_rows):
     assert ds.PatientID and ds.SeriesDescription
     h = http.head(sb.url + row["URI"])
     assert h.status_code == 200 and h.headers["Content-Length"] == row["Size"] and h.content == b""
-    part = http.get(sb.url + row["URI"], headers={"Range": "bytes=1000-"})
-    assert part.status_code == 206 and part.content == r.content[1000:]
-    assert part.headers["Content-Range"] == f"bytes 1000-{len(r.content) - 1}/{len(r.content)}"
+    # an open range is Restlet 1.1's quirk (test_sandbox_xnat18.py); a closed one is plain
+    part = http.get(sb.url + row["URI"], headers={"Range": "bytes=1000-1999"})
+    assert part.status_code == 206 and part.content == r.content[1000:2000]
+    assert part.headers["Content-Range"] == f"bytes 1000-1999/{len(r.content)}"
     assert http.get(sb.url + row["URI"], headers={"Range": "bytes=999999-"}).status_code == 416
     # resource label instead of ID, URL-encoded names
     by_label = row["URI"].replace(f"/resources/{row['cat_ID']}/", "/resources/DICOM/")
