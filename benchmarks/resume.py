@@ -4,7 +4,7 @@ A quick measurement (not part of ``make bench``): one file of SIZE bytes
 from the sandbox XNAT with a bandwidth cap and a per-request latency like a
 real server's; its body breaks off at a fraction of its length, then the
 file is completed (a) by resuming from the kept prefix with a Range request
-(XNAT 1.8's Restlet answer) and (b) by downloading it again from byte 0.
+(as XNAT 1.8's Restlet 1.1.10 answers it) and (b) by downloading it again from byte 0.
 
     .venv/bin/python benchmarks/resume.py [--size MB] [--bandwidth MB/s] [--latency S]
 """

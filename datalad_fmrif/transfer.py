@@ -12,11 +12,13 @@ covers every request of the transfer: a failed answer (5xx, reset, timeout)
 and a body that broke off each spend from it, so a file sees at most
 ``retries + 1`` attempts, however they fail.
 
-Resuming works on XNAT 1.8's own answer to ``Range: bytes=N-``: Restlet 1.1
-sends 206 with bytes N..end, but may announce the length of the WHOLE file
-(``Content-Length``) and a ``Content-Range`` that runs past it. So a resumed
-body is read to exactly ``size - N`` bytes and the connection is then closed;
-what decides is the MD5 of the whole file, as always.
+Resuming works on every answer to ``Range: bytes=N-`` seen in XNAT's web
+layer: Restlet 1.1.10 (what XNAT 1.8 pins) sends a correct 206; Restlet 1.1.0
+sent bytes N..end with a ``Content-Range`` that runs past the file and no
+length, and a stand-in may announce the length of the WHOLE file. So a
+resumed body is read to exactly ``size - N`` bytes and, where its length was
+not that, the connection is then closed; what decides is the MD5 of the
+whole file, as always.
 
 The partial file is the resume point: when ``dest`` already holds a prefix of
 the file (git-annex keeps its temporary file after a failed transfer), its
@@ -209,7 +211,7 @@ def _stream(xnat, path, dest, offset, digest, budget, *, size, sniff, progress):
                 response)
         length = response.headers.get("Content-Length", "")
         encoded = response.headers.get("Content-Encoding", "identity") != "identity"
-        # Restlet 1.1 announces the whole file's length for a partial answer
+        # a stand-in may announce the whole file's length for a partial answer
         allowed = {size - offset, size} if status == 206 and size is not None \
             else {size - offset} if size is not None else set()
         if size is not None and length.isdigit() and not encoded \

@@ -36,10 +36,18 @@ from .study import FORBIDDEN_PROJECT, Study, StudySpec
 
 XNAT_VERSION = "1.8.10"
 UUID_RE = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
-#: How ``Range: bytes=N-`` is answered: "restlet" as XNAT 1.8's Restlet 1.1
-#: does (206, bytes N..end, but Content-Length of the whole file and
-#: Content-Range ``bytes N-(N+size)/size``), "correct" as RFC 9110 says.
-RANGE_ANSWERS = ("restlet", "correct")
+#: How ``Range: bytes=N-`` is answered. "restlet" is what XNAT 1.8 sends:
+#: it pins Restlet 1.1.10, whose RangeFilter wraps the file in a
+#: RangeRepresentation, Representation.getAvailableSize gives the length of
+#: the rest (size - N) and RangeUtils.formatContentRange the range
+#: ``bytes N-(size-1)/size`` (restlet-framework-java, tag 1.1, 1.1.10/), which
+#: is a correct 206. Two shapes a client must survive as well: "restlet-1.1.0",
+#: the same classes in Restlet 1.1.0 (``bytes N-(N+size)/size`` and an unknown
+#: available size, so no Content-Length; the body ends when the connection
+#: closes), and "whole-length", a 206 whose Content-Length is the whole file's
+#: (what DESIGN.md and issue 15 described; no Restlet version sends it, but a
+#: proxy or another XNAT stand-in may).
+RANGE_ANSWERS = ("restlet", "restlet-1.1.0", "whole-length")
 #: How zips are written: "java" as XNAT's ZipOutputStream (STORED entries with
 #: size and CRC in the local header, UTF-8 flag, no data descriptor),
 #: "descriptor" with sizes in a data descriptor after each entry.
@@ -457,7 +465,9 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes | None, ctype: str, headers: dict | None = None,
               record: bool = True, length: int | None = None):
-        """Send a complete response (``body`` None with HEAD semantics handled here)."""
+        """Send a complete response (``body`` None with HEAD semantics handled
+        here); *length* announces another Content-Length than the body's, -1
+        none at all."""
         if record:
             self._log(status)
         fault = self.fault
@@ -471,7 +481,8 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         total = len(body) if length is None else length
-        self.send_header("Content-Length", str(total))
+        if total >= 0:  # -1: no length, the body ends with the connection
+            self.send_header("Content-Length", str(total))
         if fault is not None and fault.kind == "truncate":
             self.send_header("Connection", "close")
         self.end_headers()
@@ -942,15 +953,16 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
             end = min(end, size - 1)
             if start >= size or start > end:
                 return self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{size}"})
-            if self.state.range_answer == "restlet" and m.group(1) and not m.group(2):
-                # Restlet 1.1 (RangeUtils.formatContentRange, HttpServerConverter):
-                # the end index is start + size and the announced length is the
-                # whole entity's; the body holds bytes start..end only. The
-                # client must stop reading after them: the connection closes.
+            odd = self.state.range_answer
+            if odd != "restlet" and m.group(1) and not m.group(2):
+                # Restlet 1.1.0 ends the range at start + size; the rest is
+                # sent, closed by the connection, with no length ("restlet-1.1.0")
+                # or with the whole file's length ("whole-length").
                 headers["Content-Range"] = f"bytes {start}-{start + size}/{size}"
                 self.close_connection = True
                 headers["Connection"] = "close"
-                return self._send(206, data[start:], ctype, headers, length=size)
+                return self._send(206, data[start:], ctype, headers,
+                                  length=size if odd == "whole-length" else -1)
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
             return self._send(206, data[start:end + 1], ctype, headers)
         return self._send(200, data, ctype, headers)

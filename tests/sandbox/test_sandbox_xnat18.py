@@ -46,35 +46,52 @@ def rows(http, url):
     return r.json()["ResultSet"]["Result"]
 
 
-def test_open_range_is_answered_as_restlet_1_1_does(box):
-    """RangeFilter.java and RangeUtils.formatContentRange of Restlet 1.1 (as
-    DESIGN.md records for XNAT 1.8): 206, bytes N..end, but the whole
-    entity's Content-Length and a Content-Range end of N + size; the
-    connection closes after the body."""
-    http = login(box)
-    e = first_session(box)
-    f = box.study.scan_files(e.id, "1")[0]
-    url = f"{box.url}/data/experiments/{e.id}/scans/1/resources/{f.resource_id}/files/{f.name}"
-    r = http.get(url, headers={"Range": "bytes=1000-"}, stream=True)
+def _ranged(sb, start):
+    http = login(sb)
+    e = first_session(sb)
+    f = sb.study.scan_files(e.id, "1")[0]
+    url = f"{sb.url}/data/experiments/{e.id}/scans/1/resources/{f.resource_id}/files/{f.name}"
+    return f, http.get(url, headers={"Range": f"bytes={start}-"}, stream=True)
+
+
+def test_open_range_is_answered_as_restlet_1_1_10_does(box):
+    """XNAT 1.8 pins Restlet 1.1.10 (restlet-framework-java, tag 1.1, folder
+    1.1.10/): RangeFilter.java wraps the entity in a RangeRepresentation,
+    HttpServerConverter.java sends Representation.getAvailableSize (the
+    rest, size - N) as Content-Length and RangeUtils.formatContentRange
+    ``bytes N-(size-1)/size``: a correct 206."""
+    f, r = _ranged(box, 1000)
     assert r.status_code == 206
-    assert r.headers["Content-Range"] == f"bytes 1000-{1000 + f.size}/{f.size}"
-    assert r.headers["Content-Length"] == str(f.size)
-    assert r.headers["Connection"] == "close"
-    body = r.raw.read(f.size - 1000)
-    assert body == f.content()[1000:]
-    r.close()
+    assert r.headers["Content-Range"] == f"bytes 1000-{f.size - 1}/{f.size}"
+    assert r.headers["Content-Length"] == str(f.size - 1000)
+    assert r.content == f.content()[1000:]
 
 
-def test_correct_206_as_an_option():
-    with Sandbox(SPEC, range_answer="correct") as sb:
-        http = login(sb)
-        e = first_session(sb)
-        f = sb.study.scan_files(e.id, "1")[0]
-        url = f"{sb.url}/data/experiments/{e.id}/scans/1/resources/{f.resource_id}/files/{f.name}"
-        r = http.get(url, headers={"Range": "bytes=1000-"})
-        assert r.status_code == 206 and r.content == f.content()[1000:]
-        assert r.headers["Content-Range"] == f"bytes 1000-{f.size - 1}/{f.size}"
-        assert r.headers["Content-Length"] == str(f.size - 1000)
+def test_restlet_1_1_0_range_answer_as_an_option():
+    """Restlet 1.1.0's RangeUtils.formatContentRange ends the range at
+    N + size, and its Representation.getAvailableSize is unknown for a
+    range, so HttpServerConverter sends no Content-Length: the rest of the
+    file, ended by closing the connection."""
+    with Sandbox(SPEC, range_answer="restlet-1.1.0") as sb:
+        f, r = _ranged(sb, 1000)
+        assert r.status_code == 206
+        assert r.headers["Content-Range"] == f"bytes 1000-{1000 + f.size}/{f.size}"
+        assert "Content-Length" not in r.headers
+        assert r.headers["Connection"] == "close"
+        assert r.content == f.content()[1000:]
+
+
+def test_whole_length_range_answer_as_an_option():
+    """The shape issue 15 described (no Restlet version sends it): the rest
+    of the file under the whole file's Content-Length; the connection
+    closes after the body."""
+    with Sandbox(SPEC, range_answer="whole-length") as sb:
+        f, r = _ranged(sb, 1000)
+        assert r.status_code == 206
+        assert r.headers["Content-Length"] == str(f.size)
+        assert r.headers["Connection"] == "close"
+        assert r.raw.read(f.size - 1000) == f.content()[1000:]
+        r.close()
 
 
 def test_body_broken_off_half_way(box):
