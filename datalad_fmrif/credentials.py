@@ -138,6 +138,33 @@ def resolve_credential_name(name: str | None, server: str, cfg) -> str:
     return name or cfg.get("datalad.fmrif.credential") or default_credential_name(server)
 
 
+TOKEN_SUFFIX = "-token"
+
+
+def restorable_name(name: str) -> str:
+    """The credential name ``datalad fmrif-login`` can always store again:
+    an alias token credential (``<name>-token``, made by ``--token``)
+    expires, so a dataset records the password credential it came from."""
+    return name[: -len(TOKEN_SUFFIX)] if name.endswith(TOKEN_SUFFIX) else name
+
+
+def credential_names(explicit: str | None, server: str, cfg,
+                     recorded: str | None = None) -> list[str]:
+    """The credential names to look up, in order.
+
+    ``--credential``, else ``datalad.fmrif.credential`` (git config or
+    ``DATALAD_FMRIF_CREDENTIAL``): one name, as asked. Else the name a
+    dataset's ``fmrif`` remote recorded, then the one derived from the
+    server: a recorded name never locks a clone out when its owner's
+    credential has another name.
+    """
+    chosen = explicit or cfg.get("datalad.fmrif.credential")
+    if chosen:
+        return [chosen]
+    names = [recorded, default_credential_name(server)]
+    return [n for n in dict.fromkeys(names) if n]
+
+
 def resolve_auth_provider(cfg, stored: str | None = None) -> str | None:
     """Configuration ``datalad.fmrif.auth-provider`` (dataset, user, or
     ``DATALAD_FMRIF_AUTH__PROVIDER``), else the credential's own property."""
@@ -323,6 +350,14 @@ class CredentialStore:
         except _keyring_errors() as e:
             raise KeyringProblem(keyring_locked_help(name, e)) from None
         Rejections().forget(name)
+
+    def find(self, names: list[str]) -> Credential | None:
+        """The first of ``names`` that is stored (or in the environment)."""
+        for name in names:
+            cred = self.get(name)
+            if cred is not None:
+                return cred
+        return None
 
     def remove(self, name: str) -> bool:
         Rejections().forget(name)

@@ -515,16 +515,17 @@ def test_token_issue_and_use_from_the_environment(
     expires = datetime.datetime.fromisoformat(props["expires"]).timestamp()
     assert abs(expires - (time.time() + 48 * 3600)) < 120
     assert res["expires"] == props["expires"]
-    user_var, secret_var = env_names(token_name)
+    # the advice: the token in the variables of the credential datasets use
+    user_var, secret_var = env_names(name)
     assert user_var in res["message"] and secret_var in res["message"]
     assert f"credentials get {token_name}" in res["message"]
+    assert "--credential" not in res["message"]
     assert "expires at" in res["message"]
 
     # a compute node: no Secret Service, no keyring at all, only the variables
     sandbox.clear_requests()
     proc = run_cli(
-        "fmrif-login", "--server", sandbox.url, "--credential", token_name,
-        "--check",
+        "fmrif-login", "--server", sandbox.url, "--check",
         env=cli_env(DBUS_SESSION_BUS_ADDRESS=None,
                     PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring",
                     **{user_var: alias, secret_var: secret}))

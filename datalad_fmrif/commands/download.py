@@ -233,7 +233,7 @@ class FmrifDownload(ValidatedInterface):
             lgr.info("%s", note)
 
         try:
-            xnat = xnat_session(ds.config, server, credential)
+            xnat = xnat_session(ds.config, server, credential, dataset=ds.path)
         except CredentialError as e:
             yield failed(str(e))
             return

@@ -228,7 +228,9 @@ class FmrifLogin(ValidatedInterface):
             action="store_true",
             doc="""issue an XNAT alias token with the stored credential and
             store it as the credential ``<name>-token``, with its expiry
-            time, for compute nodes and batch jobs"""),
+            time, for compute nodes and batch jobs: there, put its alias and
+            secret into ``DATALAD_CREDENTIAL_<NAME>_USER`` and ``_SECRET`` of
+            the credential ``<name>`` itself, so nothing else changes"""),
         check=Parameter(
             args=("--check",),
             action="store_true",
@@ -326,8 +328,11 @@ class _Login:
     def result(self, status: str, message: str, *, user: str | None = None,
                secret: str | None = None, **extra) -> dict:
         if secret:
-            # belt and braces: no message may ever carry the secret
-            message = message.replace(secret, "***")
+            # belt and braces: no message may ever carry the secret; only
+            # where it stands alone, so that a short password does not
+            # mangle the words around it ('x' in 'xnat-...')
+            message = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])",
+                             "***", message)
         return get_status_dict(action=ACTION, status=status, message=message,
                                credential=extra.pop("credential", self.name),
                                server=self.server, user=user, **extra)
@@ -514,7 +519,10 @@ class _Login:
             return self.result(
                 "error", f"storing the alias token failed: {type(e).__name__}: "
                 f"{e}", user=cred.user, secret=secret, credential=token_name)
-        user_var, secret_var = env_names(token_name)
+        # the token goes into the variables of the credential the datasets
+        # already use, so that no dataset records the token's name (which
+        # 'datalad fmrif-login' could not store again once it expired)
+        user_var, secret_var = env_names(self.name)
         return self.result(
             "ok",
             f"issued an XNAT alias token for {cred.user}, stored as credential "
@@ -522,8 +530,8 @@ class _Login:
             f"node or in a batch job, export {user_var} and {secret_var} with "
             f"the values of cred_user and cred_secret from "
             f"'datalad -f json credentials get {token_name}' (run that on a "
-            f"trusted machine) and use --credential {token_name} (or "
-            f"DATALAD_FMRIF_CREDENTIAL={token_name})",
+            f"trusted machine): every command and 'datalad get' then use the "
+            f"token in place of the password, with no other change",
             user=alias, credential=token_name, expires=expires,
             env=[user_var, secret_var], secret=secret)
 
