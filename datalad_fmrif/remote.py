@@ -107,7 +107,9 @@ def repeated(message: str) -> str:
     git-annex shows every failed key's message; the fix (often several
     lines) is given once per process, with the first key that failed.
     """
-    what = re.split(r"(?<=[^.])\. |:\n|; (?=[a-z])", message, maxsplit=1)[0].rstrip(".:")
+    # the first clause: up to the end of the first sentence, a ';' or the
+    # ': run ...' that starts the advice
+    what = re.split(r"\. |; |: run ", one_line(message), maxsplit=1)[0].rstrip(".:")
     return (f"{one_line(what)} (not tried again by this process; the first "
             "failure of this run says what to do)")
 

@@ -298,9 +298,38 @@ def test_import_warns_about_a_group_readable_file(
     finally:
         log.removeHandler(handler)
     assert res["status"] == "ok", res["message"]
-    assert any("readable by other users" in w.getMessage() for w in warnings)
-    assert "readable by other users" in res["message"]
+    # said once, in the result; not again as a log warning
+    assert not any("readable by other users" in w.getMessage() for w in warnings)
+    assert res["message"].count("readable by other users") == 1
+    assert "-rw-r-----" in res["message"]
     assert path.exists()
+
+
+def test_removed_group_readable_file_is_not_advised_about(
+        secret_service, sandbox, state_dir, tmp_path):
+    path = tmp_path / "xnat.yml"
+    path.write_text(f"username: {sandbox.user}\npassword: {sandbox.password}\n")
+    path.chmod(0o644)
+    (res,) = fmrif_login(server=sandbox.url, import_file=str(path),
+                         remove_imported=True)
+    assert res["status"] == "ok", res["message"]
+    assert not path.exists() and f"removed {path}" in res["message"]
+    assert "readable" not in res["message"] and "chmod" not in res["message"]
+    assert "better removed" not in res["message"]
+
+
+def test_short_password_is_masked_without_mangling_words(
+        secret_service, state_dir, monkeypatch):
+    """A one-letter password rejected: the message keeps 'xnat-...' whole."""
+    from datalad_fmrif.sandbox import Sandbox
+
+    with Sandbox(users={"demo": "z"}) as sb:
+        res = login(monkeypatch, sb.url, "x", user="demo")
+        assert res["status"] == "error"
+        name = default_credential_name(sb.url)
+        assert name.startswith("xnat-") and repr(name) in res["message"]
+        assert "***nat" not in res["message"]
+        assert "user demo" in res["message"]  # the user, not only the credential
 
 
 def _unreadable(path: Path):

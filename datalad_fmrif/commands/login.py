@@ -366,6 +366,9 @@ class _Login:
         res = self._check_and_store(user, password, source="import file",
                                     path=str(path))
         if res["status"] != "ok":
+            if exposed:
+                res["message"] += (f"; note that {path} is readable by other "
+                                   f"users (mode {exposed}): chmod 600 it")
             return res
         if remove:
             try:
@@ -378,8 +381,8 @@ class _Login:
             res["message"] += f"; removed {path}"
         elif exposed:
             res["message"] += (
-                f"; {path} is readable by other users and still holds the "
-                "password: delete it (or use --remove-imported)")
+                f"; {path} is readable by other users (mode {exposed}) and "
+                "still holds the password: delete it (or use --remove-imported)")
         else:
             res["message"] += (f"; {path} still holds the password: delete "
                                "it once you no longer need it")
@@ -687,8 +690,8 @@ def _check_single_line(value: str, what: str) -> None:
                        "XNAT credentials are a single line")
 
 
-def _read_credentials_file(path: Path) -> tuple[str, str, bool]:
-    """User, password, and whether other users can read the file.
+def _read_credentials_file(path: Path) -> tuple[str, str, str | None]:
+    """User, password, and the file's mode if other users can read it.
 
     Messages name the file and the line, never a value from it: a YAML parser
     error would quote the offending line, which may be the password.
@@ -705,11 +708,9 @@ def _read_credentials_file(path: Path) -> tuple[str, str, bool]:
         raise _Refused(f"import file {path} is not a regular file")
     if info.st_size > MAX_INPUT:
         raise _Refused(f"import file {path} is too large for a credentials file")
-    exposed = bool(info.st_mode & 0o077)
-    if exposed:
-        lgr.warning("%s is readable by other users (mode %s); a password "
-                    "file should be private (chmod 600), or better removed",
-                    path, stat.filemode(info.st_mode))
+    # said once, in the result, and only where it still applies (not once
+    # the file is removed)
+    exposed = stat.filemode(info.st_mode) if info.st_mode & 0o077 else None
     try:
         text = path.read_text(encoding="utf-8")
     except PermissionError:
