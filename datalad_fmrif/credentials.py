@@ -352,8 +352,11 @@ class CredentialStore:
         Rejections().forget(name)
 
     def find(self, names: list[str]) -> Credential | None:
-        """The first of ``names`` that is stored (or in the environment)."""
-        for name in names:
+        """The first of ``names`` given by the environment, else the first
+        stored in the keyring: a batch job's environment variables work
+        without any keyring, whichever of the names they are for."""
+        in_environment = [n for n in names if os.environ.get(env_names(n)[1])]
+        for name in in_environment or names:
             cred = self.get(name)
             if cred is not None:
                 return cred

@@ -246,3 +246,15 @@ def test_reading_without_a_keyring_says_so(box, tmp_path):
     assert fsck.returncode != 0
     assert output.count("gnome-keyring-daemon") == 1, output
     assert "cannot store" not in output
+
+
+def test_environment_credential_needs_no_keyring_whatever_the_recorded_name(
+        box, monkeypatch, tmp_path):
+    """A compute node: no keyring, the dataset records 'mylab', the job's
+    variables are for the server's default name."""
+    ds = tmp_path / "ds"
+    paths = make_dataset(ds, box, study_files(box, 2))
+    annex(ds, "enableremote", "fmrif", "credential=mylab")
+    _env_credential(monkeypatch, box)
+    env = dict(os.environ, PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring")
+    assert [r["status"] for r in datalad_get(ds, env=env)] == ["ok"] * len(paths)
