@@ -114,8 +114,11 @@ class FmrifDownload(ValidatedInterface):
             args=("--credential",),
             metavar="NAME",
             doc="""name of the credential stored by 'datalad fmrif-login'.
-            Default: git config datalad.fmrif.credential, else derived from
-            the server (fmrif-xnat)."""),
+            Default: git config datalad.fmrif.credential, else the one the
+            dataset's fmrif remote records, else derived from the server
+            (fmrif-xnat). Recorded in the remote when given (for an alias
+            token credential NAME-token: NAME), so name a token with
+            the environment instead (see 'datalad fmrif-login --token')."""),
         path=Parameter(
             args=("--path",),
             metavar="TEMPLATE",
