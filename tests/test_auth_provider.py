@@ -142,49 +142,13 @@ def test_single_other_provider_is_used_without_asking(
 
 def test_on_a_terminal_the_provider_is_asked_for(secret_service, nih, state_dir):
     """Two providers on the login page and a terminal: the user chooses."""
-    import os
-    import pty
-    import select
-    import signal
-    import time
+    from test_login import DATALAD, terminal_dialogue
 
-    from test_login import DATALAD
-
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: datalad on a terminal
-        os.execv(DATALAD, [DATALAD, "fmrif-login", "--server", nih.url])
-    transcript = b""
-
-    def until(text: bytes, timeout: float = 20.0):
-        nonlocal transcript
-        end = time.monotonic() + timeout
-        while text not in transcript and time.monotonic() < end:
-            if select.select([fd], [], [], 0.2)[0]:
-                try:
-                    transcript += os.read(fd, 4096)
-                except OSError:
-                    return
-
-    status = None
-    try:
-        until(b"XNAT user name")
-        os.write(fd, b"nihuser\n")
-        until(b"XNAT password of")
-        time.sleep(0.2)  # let getpass switch echo off
-        os.write(fd, LDAP_PW.encode() + b"\n")
-        until(b"choices:")
-        os.write(fd, b"\n")  # the default: the provider that is not localdb
-        until(b"stored the credential")
-        end = time.monotonic() + 20
-        while status is None and time.monotonic() < end:
-            until(b"\0", 0.2)
-            done, code = os.waitpid(pid, os.WNOHANG)
-            status = os.waitstatus_to_exitcode(code) if done else None
-    finally:
-        if status is None:
-            os.kill(pid, signal.SIGTERM)
-            os.waitpid(pid, 0)
-        os.close(fd)
+    transcript, status = terminal_dialogue(
+        [DATALAD, "fmrif-login", "--server", nih.url],
+        [(b"XNAT user name", b"nihuser"),
+         (b"XNAT password of", LDAP_PW.encode()),
+         (b"choices:", b"")])  # the default: the provider that is not localdb
     assert b"choices: localdb, [nihldap]" in transcript, transcript
     assert status == 0, transcript
     assert LDAP_PW.encode() not in transcript
