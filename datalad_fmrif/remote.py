@@ -149,6 +149,10 @@ class FmrifRemote(SpecialRemote):
         except CredentialError as e:
             raise RemoteError(one_line(str(e))) from None
         self.annex.setconfig("server", server)
+        # also run by 'enableremote', i.e. in every clone (autoenable)
+        from .remote_setup import one_attempt_per_get
+
+        one_attempt_per_get(self._repository())
 
     def prepare(self):
         """Check the configuration; logging in waits for the first request."""
@@ -186,11 +190,16 @@ class FmrifRemote(SpecialRemote):
         """
         if self._cfg is None:
             from datalad.support.gitrepo import GitRepo
-            from datalad.utils import get_dataset_root
 
-            root = get_dataset_root(os.getcwd()) or os.getcwd()
-            self._cfg = GitRepo(root).config
+            self._cfg = GitRepo(self._repository()).config
         return self._cfg
+
+    @staticmethod
+    def _repository() -> str:
+        """git-annex runs the remote in the repository it serves."""
+        from datalad.utils import get_dataset_root
+
+        return get_dataset_root(os.getcwd()) or os.getcwd()
 
     def _credential_names(self) -> list[str]:
         """``datalad.fmrif.credential`` (configuration or environment), else

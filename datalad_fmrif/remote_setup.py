@@ -58,7 +58,9 @@ def one_attempt_per_get(repo) -> None:
     is not there). A per-remote ``remote.<name>.annex-retry`` does not beat
     that ``-c``. So this repository's ``datalad.annex.retry`` becomes 1
     (datalad-next's default), in ``.git/config`` only, when neither it nor
-    ``annex.retry`` is configured anywhere.
+    ``annex.retry`` is configured anywhere. Run when the remote is set up
+    here and by the remote's INITREMOTE, which ``enableremote`` (autoenable
+    in every clone) sends too.
     """
     for args in (("--get", "annex.retry"), ("--get", "datalad.annex.retry"),
                  ("-f", ".datalad/config", "--get", "datalad.annex.retry")):

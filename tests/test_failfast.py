@@ -104,11 +104,25 @@ def test_transient_errors_are_still_retried_by_the_remote(box, monkeypatch, tmp_
 
 
 def test_a_configured_retry_is_the_users_choice(box, tmp_path):
+    import datalad.api as dl
+
     ds = tmp_path / "ds"
-    make_dataset(ds, box, study_files(box, 1))
+    dl.create(ds, result_renderer="disabled")
     run(ds, "git", "config", "annex.retry", "2")
     ensure_remote(SimpleNamespace(path=ds), box.url)
     assert run(ds, "git", "config", "datalad.annex.retry", check=False).stdout == ""
+
+
+def test_a_clone_tries_each_file_once_too(box, tmp_path):
+    """autoenable runs the remote's INITREMOTE in the clone as well."""
+    import datalad.api as dl
+
+    ds = tmp_path / "ds"
+    make_dataset(ds, box, study_files(box, 1))
+    clone = tmp_path / "clone"
+    dl.clone(str(ds), str(clone), result_renderer="disabled")
+    assert run(clone, "git", "config", "remote.fmrif.annex-externaltype").stdout.strip() == "fmrif"
+    assert run(clone, "git", "config", "--local", "datalad.annex.retry").stdout.strip() == "1"
 
 
 # -- which credential --------------------------------------------------------------
