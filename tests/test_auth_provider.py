@@ -71,6 +71,22 @@ def test_auth_provider_is_stored_and_used_by_other_processes(
     proc = run_cli("fmrif-login", "--server", nih.url, "--check")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert [r.status for r in logins(nih)] == [200]
+    # a new password (here: the same) keeps the stored provider, without asking
+    reload_config()
+    _pipe(monkeypatch, LDAP_PW)
+    (res,) = fmrif_login(server=nih.url, user="nihuser")
+    assert res["status"] == "ok" and res["auth_provider"] == "nihldap", res["message"]
+    # --auth-provider beats the configuration
+    subprocess.run(["git", "config", "--global", "datalad.fmrif.auth-provider",
+                    "nosuch"], check=True)
+    reload_config()
+    try:
+        (res,) = fmrif_login(server=nih.url, check=True, auth_provider="nihldap")
+    finally:
+        subprocess.run(["git", "config", "--global", "--unset",
+                        "datalad.fmrif.auth-provider"], check=True)
+        reload_config()
+    assert res["status"] == "ok", res["message"]
 
 
 def test_provider_less_401_explains_and_a_named_provider_gets_one_attempt(
@@ -103,11 +119,12 @@ def test_configured_provider_for_credentials_from_the_environment(
                     "nihldap"], check=True)
     reload_config()
     env = cli_env(**{user_var: "nihuser", secret_var: LDAP_PW})
-    proc = run_cli("fmrif-login", "--server", nih.url, "--check", env=env)
+    try:
+        proc = run_cli("fmrif-login", "--server", nih.url, "--check", env=env)
+    finally:  # and through DataLad's environment mapping of the same setting
+        subprocess.run(["git", "config", "--global", "--unset",
+                        "datalad.fmrif.auth-provider"], check=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    # and through DataLad's environment mapping of the same setting
-    subprocess.run(["git", "config", "--global", "--unset",
-                    "datalad.fmrif.auth-provider"], check=True)
     env["DATALAD_FMRIF_AUTH__PROVIDER"] = "nihldap"
     proc = run_cli("fmrif-login", "--server", nih.url, "--check", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr

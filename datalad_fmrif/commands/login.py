@@ -248,8 +248,9 @@ class FmrifLogin(ValidatedInterface):
             doc="""ID of XNAT's authentication provider that checks the
             password (XNAT's ``authenticatorId``; the values of the "Login"
             choice on the login page), stored with the credential. Default:
-            configuration ``datalad.fmrif.auth-provider``, else asked for
-            when the login page offers more than the local database"""),
+            configuration ``datalad.fmrif.auth-provider``, else the one
+            stored with the credential before, else asked for when the login
+            page offers more than the local database"""),
     )
 
     _examples_ = [
@@ -322,8 +323,11 @@ class _Login:
         self.server = server
         self.name = name
         self.store = CredentialStore(cfg)
-        #: --auth-provider, else the configuration (else: discovered at login)
-        self.auth_provider = resolve_auth_provider(cfg, auth_provider)
+        #: --auth-provider, else the configuration, else the provider stored
+        #: with this credential before (a new password keeps it); else a
+        #: new login discovers it
+        self.auth_provider = auth_provider or resolve_auth_provider(
+            cfg, cfg.get(f"datalad.credential.{name}.auth-provider"))
 
     def result(self, status: str, message: str, *, user: str | None = None,
                secret: str | None = None, **extra) -> dict:
