@@ -335,6 +335,21 @@ class CredentialStore:
                           cred.get("expires"),
                           resolve_auth_provider(self.cfg, cred.get("auth-provider")))
 
+    def ensure_writable(self, name: str) -> None:
+        """Raise NoKeyring or KeyringProblem (with the fix) unless the
+        keyring can take a secret now: checked before a password is sent to
+        XNAT, so that a locked keyring does not cost a login. Reading it
+        unlocks a locked collection where it can (the desktop's prompt)."""
+        problem = keyring_problem()
+        if problem:
+            raise NoKeyring(no_keyring_help(problem, name))
+        import keyring
+
+        try:
+            keyring.get_password(f"datalad-{name}", "secret")
+        except _keyring_errors() as e:
+            raise KeyringProblem(keyring_locked_help(name, e)) from None
+
     def set(self, name: str, user: str, secret: str, *, realm: str,
             expires: str | None = None, auth_provider: str | None = None) -> None:
         """Store (replace) the credential; ``auth_provider`` None removes

@@ -194,6 +194,7 @@ unset XPASS
 cd "$DS"
 "$DATALAD" -f json fmrif-login --server "$SERVER" --check > "$OUT/check.json" 2> "$OUT/check.err" || true
 "$DATALAD" -f json get . > "$OUT/get.json" 2> "$OUT/get.err" || true
+echo not-sent | "$DATALAD" -f json fmrif-login --server "$SERVER" --user demo > "$OUT/login.json" 2> "$OUT/login.err" || true
 "$DATALAD" -f json fmrif-list --server "$SERVER" 17-M-0181 > "$OUT/list.json" 2> "$OUT/list.err" || true
 """
 
@@ -222,7 +223,8 @@ def test_locked_keyring_gets_one_clear_message(box, tmp_path):
                    env=env, check=True, timeout=300, capture_output=True)
     name = default_credential_name(box.url)
     user_var, secret_var = env_names(name)
-    for command in ("check", "list"):
+    # a new login: refused before the password is sent (box.requests below)
+    for command in ("check", "list", "login"):
         (result,) = [json.loads(line) for line in
                      (out / f"{command}.json").read_text().splitlines()
                      if line.startswith("{")]

@@ -47,8 +47,6 @@ from ..credentials import (
     NoKeyring,
     Rejections,
     env_names,
-    keyring_problem,
-    no_keyring_help,
     resolve_auth_provider,
     resolve_credential_name,
     resolve_server,
@@ -345,10 +343,10 @@ class _Login:
 
     def prompt(self, user: str | None) -> dict:
         """Ask for user and password, check them, store them."""
-        problem = keyring_problem()
-        if problem:
-            return self.result("error", no_keyring_help(problem, self.name),
-                               user=user)
+        try:
+            self.store.ensure_writable(self.name)
+        except CredentialError as e:
+            return self.result("error", str(e), user=user)
         try:
             user = _ask_user(user)
             password = _ask_password(user, self.server)
@@ -359,10 +357,10 @@ class _Login:
 
     def import_file(self, path: Path, *, remove: bool) -> dict:
         """Take user and password from the tutorial's YAML file."""
-        problem = keyring_problem()
-        if problem:
-            return self.result("error", no_keyring_help(problem, self.name),
-                               path=str(path))
+        try:
+            self.store.ensure_writable(self.name)
+        except CredentialError as e:
+            return self.result("error", str(e), path=str(path))
         try:
             user, password, exposed = _read_credentials_file(path)
         except _Refused as e:
@@ -497,10 +495,10 @@ class _Login:
                 f"credential {self.name!r} is an alias token itself; issue "
                 "tokens with the password credential (--credential NAME)",
                 user=cred.user)
-        problem = keyring_problem()
-        if problem:
-            return self.result("error", no_keyring_help(problem, token_name),
-                               user=cred.user, credential=token_name)
+        try:
+            self.store.ensure_writable(token_name)
+        except CredentialError as e:
+            return self.result("error", str(e), user=cred.user, credential=token_name)
         session = XnatSession(self.server, cred, verify=resolve_verify(self.cfg),
                               retries=1, timeout=LOGIN_TIMEOUT)
         try:
