@@ -7,10 +7,16 @@ properties (``user``, ``realm``, token expiry) are in git config
 environment variables ``DATALAD_CREDENTIAL_<NAME>_USER`` / ``_SECRET`` take
 precedence and the keyring is not touched at all.
 
+NIH accounts log in through an authentication provider other than XNAT's
+local database (an LDAP provider); its ID is a property of the credential
+(``datalad.credential.<name>.auth-provider``) or the configuration
+``datalad.fmrif.auth-provider``, and every login names it.
+
 NIH accounts lock after a few failed logins. A secret that XNAT rejected is
-remembered (as a salted scrypt fingerprint, never the secret) in the user's
-state directory, and every process of this extension refuses to send it
-again until ``datalad fmrif-login`` stores a credential anew. Logins of one
+remembered (as a salted scrypt fingerprint of user, secret and provider,
+never the secret) in the user's state directory, and every process of this
+extension refuses to send it again with the same provider until ``datalad
+fmrif-login`` stores a credential anew. Logins of one
 credential are serialised across processes with a file lock, so parallel
 workers and special-remote processes never race each other into a lockout.
 """
@@ -43,7 +49,12 @@ class CredentialError(Exception):
     """A credential problem the user must fix; the message says how."""
 
 
-class NoKeyring(CredentialError):
+class KeyringProblem(CredentialError):
+    """The keyring cannot be used (none, locked, unreachable); the message
+    says how to fix it or go around it."""
+
+
+class NoKeyring(KeyringProblem):
     pass
 
 
@@ -54,6 +65,9 @@ class Credential:
     secret: str = field(repr=False)
     source: str  # "keyring" or "environment"
     expires: str | None = None  # ISO time, for alias tokens
+    #: XNAT's authentication provider ID (``authenticatorId``), e.g. an
+    #: LDAP provider for NIH accounts; None: XNAT looks the user up
+    auth_provider: str | None = None
 
     @property
     def is_token(self) -> bool:
@@ -124,6 +138,39 @@ def resolve_credential_name(name: str | None, server: str, cfg) -> str:
     return name or cfg.get("datalad.fmrif.credential") or default_credential_name(server)
 
 
+TOKEN_SUFFIX = "-token"
+
+
+def restorable_name(name: str) -> str:
+    """The credential name ``datalad fmrif-login`` can always store again:
+    an alias token credential (``<name>-token``, made by ``--token``)
+    expires, so a dataset records the password credential it came from."""
+    return name[: -len(TOKEN_SUFFIX)] if name.endswith(TOKEN_SUFFIX) else name
+
+
+def credential_names(explicit: str | None, server: str, cfg,
+                     recorded: str | None = None) -> list[str]:
+    """The credential names to look up, in order.
+
+    ``--credential``, else ``datalad.fmrif.credential`` (git config or
+    ``DATALAD_FMRIF_CREDENTIAL``): one name, as asked. Else the name a
+    dataset's ``fmrif`` remote recorded, then the one derived from the
+    server: a recorded name never locks a clone out when its owner's
+    credential has another name.
+    """
+    chosen = explicit or cfg.get("datalad.fmrif.credential")
+    if chosen:
+        return [chosen]
+    names = [recorded, default_credential_name(server)]
+    return [n for n in dict.fromkeys(names) if n]
+
+
+def resolve_auth_provider(cfg, stored: str | None = None) -> str | None:
+    """Configuration ``datalad.fmrif.auth-provider`` (dataset, user, or
+    ``DATALAD_FMRIF_AUTH__PROVIDER``), else the credential's own property."""
+    return (cfg.get("datalad.fmrif.auth-provider") or "").strip() or stored or None
+
+
 def resolve_verify(cfg) -> str | bool:
     """TLS verification is always on; a CA bundle may be configured."""
     bundle = cfg.get("datalad.fmrif.ca-bundle") or os.environ.get("REQUESTS_CA_BUNDLE")
@@ -178,18 +225,67 @@ def _keyringrc_exists() -> bool:
         return False
 
 
-def no_keyring_help(problem: str, name: str) -> str:
+def _keyring_options(name: str) -> str:
     user_var, secret_var = env_names(name)
     return (
-        f"cannot store the XNAT password safely: {problem}. Options:\n"
         "  - start a Secret Service, e.g. on a headless Linux box:\n"
         "      dbus-run-session -- sh -c 'echo -n PW | "
         "gnome-keyring-daemon --unlock --components=secrets; bash'\n"
         f"  - for batch jobs, set {user_var} and {secret_var} in the environment\n"
         "    (ideally with an alias token from 'datalad fmrif-login --token',\n"
-        "    which expires, instead of your password)\n"
-        "A plaintext file is never used silently."
+        "    which expires, instead of your password)"
     )
+
+
+def no_keyring_help(problem: str, name: str, *, reading: bool = False) -> str:
+    """Why there is no usable keyring, and the ways around it; ``reading``
+    for commands that only look a credential up."""
+    if reading:
+        return (f"cannot read the XNAT credential {name!r}: {problem}. Options:\n"
+                + _keyring_options(name))
+    return (
+        f"cannot store the XNAT password safely: {problem}. Options:\n"
+        + _keyring_options(name)
+        + "\nA plaintext file is never used silently."
+    )
+
+
+def keyring_locked_help(name: str, error: Exception) -> str:
+    """The keyring exists but is locked (or cannot be reached) and could not
+    be unlocked here: typically no display for gnome-keyring's unlock prompt
+    (gcr-prompter: "cannot open display") in an SSH session or a job."""
+    user_var, secret_var = env_names(name)
+    locked = "locked" if type(error).__name__ == "KeyringLocked" else "not usable"
+    return (
+        f"the keyring holding the XNAT credential {name!r} is {locked} "
+        f"({type(error).__name__}: {error}) and could not be unlocked here "
+        "(no display to ask for its password?). Options:\n"
+        "  - unlock it: log in to the desktop session, or in this shell run\n"
+        "      echo -n KEYRING_PW | gnome-keyring-daemon --replace --unlock "
+        "--components=secrets\n"
+        "  - on a headless box, work inside a session of your own:\n"
+        "      dbus-run-session -- sh -c 'echo -n PW | "
+        "gnome-keyring-daemon --unlock --components=secrets; bash'\n"
+        f"  - for batch jobs, set {user_var} and {secret_var} in the environment\n"
+        "    (ideally with an alias token from 'datalad fmrif-login --token')"
+    )
+
+
+def _keyring_errors() -> tuple[type[BaseException], ...]:
+    """What the keyring and its Secret Service backend raise when the
+    keyring is locked, missing or the D-Bus session is gone."""
+    import keyring.errors
+
+    errors: list[type[BaseException]] = [keyring.errors.KeyringError]
+    with contextlib.suppress(ImportError):
+        import secretstorage.exceptions
+
+        errors.append(secretstorage.exceptions.SecretStorageException)
+    with contextlib.suppress(ImportError):
+        import jeepney.wrappers
+
+        errors.append(jeepney.wrappers.DBusErrorResponse)
+    return tuple(errors)
 
 
 class CredentialStore:
@@ -208,7 +304,11 @@ class CredentialStore:
         return CredentialManager(self.cfg)
 
     def get(self, name: str) -> Credential | None:
+        """The credential from the environment, else the keyring; None when
+        neither has it. Raises KeyringProblem with the fix when the keyring
+        is needed but missing, locked or unreachable."""
         user_var, secret_var = env_names(name)
+        stored_provider = self.cfg.get(f"datalad.credential.{name}.auth-provider")
         if os.environ.get(secret_var):
             user = os.environ.get(user_var)
             if not user:
@@ -216,11 +316,15 @@ class CredentialStore:
                     f"{secret_var} is set but {user_var} is not; set both"
                 )
             return Credential(name, user, os.environ[secret_var], "environment",
-                              self.cfg.get(f"datalad.credential.{name}.expires"))
+                              self.cfg.get(f"datalad.credential.{name}.expires"),
+                              resolve_auth_provider(self.cfg, stored_provider))
         problem = keyring_problem()
         if problem:
-            raise NoKeyring(no_keyring_help(problem, name))
-        cred = self._manager().get(name)
+            raise NoKeyring(no_keyring_help(problem, name, reading=True))
+        try:
+            cred = self._manager().get(name)
+        except _keyring_errors() as e:
+            raise KeyringProblem(keyring_locked_help(name, e)) from None
         if not cred or not cred.get("secret"):
             return None
         if not cred.get("user"):
@@ -228,18 +332,50 @@ class CredentialStore:
                 f"credential {name!r} has no user; run 'datalad fmrif-login' again"
             )
         return Credential(name, cred["user"], cred["secret"], "keyring",
-                          cred.get("expires"))
+                          cred.get("expires"),
+                          resolve_auth_provider(self.cfg, cred.get("auth-provider")))
 
-    def set(self, name: str, user: str, secret: str, *, realm: str,
-            expires: str | None = None) -> None:
+    def ensure_writable(self, name: str) -> None:
+        """Raise NoKeyring or KeyringProblem (with the fix) unless the
+        keyring can take a secret now: checked before a password is sent to
+        XNAT, so that a locked keyring does not cost a login. Reading it
+        unlocks a locked collection where it can (the desktop's prompt)."""
         problem = keyring_problem()
         if problem:
             raise NoKeyring(no_keyring_help(problem, name))
-        self._manager().set(
-            name, user=user, secret=secret, realm=realm, type="user_password",
-            expires=expires,
-        )
+        import keyring
+
+        try:
+            keyring.get_password(f"datalad-{name}", "secret")
+        except _keyring_errors() as e:
+            raise KeyringProblem(keyring_locked_help(name, e)) from None
+
+    def set(self, name: str, user: str, secret: str, *, realm: str,
+            expires: str | None = None, auth_provider: str | None = None) -> None:
+        """Store (replace) the credential; ``auth_provider`` None removes
+        a provider stored earlier."""
+        problem = keyring_problem()
+        if problem:
+            raise NoKeyring(no_keyring_help(problem, name))
+        try:
+            self._manager().set(
+                name, user=user, secret=secret, realm=realm, type="user_password",
+                expires=expires, **{"auth-provider": auth_provider},
+            )
+        except _keyring_errors() as e:
+            raise KeyringProblem(keyring_locked_help(name, e)) from None
         Rejections().forget(name)
+
+    def find(self, names: list[str]) -> Credential | None:
+        """The first of ``names`` given by the environment, else the first
+        stored in the keyring: a batch job's environment variables work
+        without any keyring, whichever of the names they are for."""
+        in_environment = [n for n in names if os.environ.get(env_names(n)[1])]
+        for name in in_environment or names:
+            cred = self.get(name)
+            if cred is not None:
+                return cred
+        return None
 
     def remove(self, name: str) -> bool:
         Rejections().forget(name)
@@ -280,8 +416,11 @@ def _state_dir() -> Path:
 
 def _fingerprint(cred: Credential, salt: bytes) -> str:
     # scrypt: a slow, salted one-way function. The file holds no secret and
-    # nothing that makes guessing the secret cheap.
+    # nothing that makes guessing the secret cheap. The provider is part of
+    # it: the same password checked by another provider is another login.
     material = f"{cred.user}\0{cred.secret}".encode()
+    if cred.auth_provider and not cred.is_token:  # tokens ignore providers
+        material += f"\0{cred.auth_provider}".encode()
     return hashlib.scrypt(material, salt=salt, n=2**14, r=8, p=1, dklen=32).hex()
 
 
@@ -306,15 +445,29 @@ class Rejections:
             finally:
                 _unlock_file(fh)
 
-    def rejected_at(self, cred: Credential) -> str | None:
-        """When this very secret was rejected, or None."""
+    #: rejections kept per credential name (each a different user,
+    #: secret or provider); the oldest go first
+    KEEP = 16
+
+    def _records(self, name: str) -> list[dict]:
         try:
-            record = json.loads(self._file(cred.name).read_text())
-            salt = bytes.fromhex(record["salt"])
-        except (OSError, ValueError, KeyError):
-            return None
-        if hmac.compare_digest(record.get("fingerprint", ""), _fingerprint(cred, salt)):
-            return record.get("time", "earlier")
+            doc = json.loads(self._file(name).read_text())
+        except (OSError, ValueError):
+            return []
+        if isinstance(doc, dict):  # the one-record format of earlier versions
+            doc = [doc]
+        return [r for r in doc if isinstance(r, dict)] if isinstance(doc, list) else []
+
+    def rejected_at(self, cred: Credential) -> str | None:
+        """When this very secret was rejected (for this user and provider), or None."""
+        for record in self._records(cred.name):
+            try:
+                salt = bytes.fromhex(record["salt"])
+            except (KeyError, ValueError, TypeError):
+                continue
+            if hmac.compare_digest(str(record.get("fingerprint", "")),
+                                   _fingerprint(cred, salt)):
+                return record.get("time", "earlier")
         return None
 
     def remember(self, cred: Credential, server: str) -> None:
@@ -326,11 +479,12 @@ class Rejections:
             "salt": salt.hex(),
             "fingerprint": _fingerprint(cred, salt),
         }
+        records = (self._records(cred.name) + [record])[-self.KEEP:]
         path = self._file(cred.name)
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            json.dump(record, fh)
+            json.dump(records, fh)
         os.replace(tmp, path)
 
     def forget(self, name: str) -> None:

@@ -40,9 +40,9 @@ from annexremote import Master, RemoteError, SpecialRemote
 from .credentials import (
     CredentialError,
     CredentialStore,
+    credential_names,
     env_names,
     normalize_server,
-    resolve_credential_name,
     resolve_verify,
 )
 from .xnat.errors import (
@@ -53,6 +53,7 @@ from .xnat.errors import (
     ServerUnreachable,
     TlsError,
     TransientError,
+    UnknownAuthProvider,
     XnatError,
 )
 
@@ -66,7 +67,8 @@ READ_ONLY = "the fmrif remote is read-only: XNAT is the archive"
 # Errors that no retry in this process can fix: after the first one, every
 # further request fails at once with the same message, without contacting
 # XNAT or the keyring again (a rejected password must never be re-sent).
-_FATAL = (CredentialRejected, CredentialError, TlsError, NotXnat, ServerUnreachable)
+_FATAL = (CredentialRejected, CredentialError, TlsError, NotXnat, ServerUnreachable,
+          UnknownAuthProvider)
 
 GIVE_UP_AFTER = 3
 
@@ -99,6 +101,19 @@ def one_line(message: str) -> str:
     return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
+def repeated(message: str) -> str:
+    """A final failure again: what it was, without the fix said the first time.
+
+    git-annex shows every failed key's message; the fix (often several
+    lines) is given once per process, with the first key that failed.
+    """
+    # the first clause: up to the end of the first sentence, a ';' or the
+    # ': run ...' that starts the advice
+    what = re.split(r"\. |; |: run ", one_line(message), maxsplit=1)[0].rstrip(".:")
+    return (f"{one_line(what)} (not tried again by this process; the first "
+            "failure of this run says what to do)")
+
+
 class FmrifRemote(SpecialRemote):
     """Read-only special remote for files registered by their XNAT URL."""
 
@@ -112,6 +127,7 @@ class FmrifRemote(SpecialRemote):
         self._server: str | None = None
         self._cfg = None
         self._session: XnatSession | None = None
+        #: a final failure of this process: every later request fails at once
         self._fatal: str | None = None
         self._failures_in_a_row = 0
         self._listings: dict[str, dict[str, dict]] = {}
@@ -133,6 +149,10 @@ class FmrifRemote(SpecialRemote):
         except CredentialError as e:
             raise RemoteError(one_line(str(e))) from None
         self.annex.setconfig("server", server)
+        # also run by 'enableremote', i.e. in every clone (autoenable)
+        from .remote_setup import one_attempt_per_get
+
+        one_attempt_per_get(self._repository())
 
     def prepare(self):
         """Check the configuration; logging in waits for the first request."""
@@ -155,7 +175,7 @@ class FmrifRemote(SpecialRemote):
     @property
     def info(self) -> dict:
         """Shown by ``git annex info fmrif``."""
-        return {"server": self.server, "credential": self._credential_name()}
+        return {"server": self.server, "credential": " or ".join(self._credential_names())}
 
     @info.setter
     def info(self, value) -> None:
@@ -170,28 +190,36 @@ class FmrifRemote(SpecialRemote):
         """
         if self._cfg is None:
             from datalad.support.gitrepo import GitRepo
-            from datalad.utils import get_dataset_root
 
-            root = get_dataset_root(os.getcwd()) or os.getcwd()
-            self._cfg = GitRepo(root).config
+            self._cfg = GitRepo(self._repository()).config
         return self._cfg
 
-    def _credential_name(self) -> str:
-        """Remote config ``credential``, else ``datalad.fmrif.credential``,
-        else a name derived from the server."""
-        return resolve_credential_name(
-            self.annex.getconfig("credential") or None, self.server, self._config())
+    @staticmethod
+    def _repository() -> str:
+        """git-annex runs the remote in the repository it serves."""
+        from datalad.utils import get_dataset_root
+
+        return get_dataset_root(os.getcwd()) or os.getcwd()
+
+    def _credential_names(self) -> list[str]:
+        """``datalad.fmrif.credential`` (configuration or environment), else
+        the remote's recorded ``credential``, then the name derived from the
+        server: a name recorded in a dataset never overrides the user's
+        choice, and never locks out a clone whose user has the default one."""
+        return credential_names(None, self.server, self._config(),
+                                self.annex.getconfig("credential") or None)
 
     def _xnat(self) -> XnatSession:
         """The process's one XNAT session, made on first use (login is lazy)."""
         if self._fatal:
-            raise RemoteError(self._fatal)
+            raise RemoteError(repeated(self._fatal))
         if self._session is None:
             from .xnat.session import XnatSession
 
-            name = self._credential_name()
-            credential = CredentialStore(self._config()).get(name)
+            names = self._credential_names()
+            credential = CredentialStore(self._config()).find(names)
             if credential is None:
+                name = names[-1]  # the configured one, else the server's default
                 user_var, secret_var = env_names(name)
                 raise CredentialError(
                     f"no credential {name!r} for XNAT at {self.server}: run "

@@ -3,7 +3,8 @@
 The remote's configuration goes into the git-annex branch and so into every
 clone (``autoenable=true``: ``datalad get`` works there without set-up). It
 holds the server URL and, if the user named one, the credential name: never
-a secret. The first server of a dataset gets the remote ``fmrif``; another
+a secret, and never the name of an alias token, which expires (the name of
+the password credential it was issued with instead). The first server of a dataset gets the remote ``fmrif``; another
 server gets ``fmrif-<name derived from the server>``.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import subprocess
 from urllib.parse import urlsplit
 
-from .credentials import default_credential_name
+from .credentials import default_credential_name, restorable_name
 
 
 class RemoteSetupError(RuntimeError):
@@ -23,21 +24,55 @@ def _git(repo, *args) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
 
 
-def fmrif_remotes(repo) -> dict[str, str]:
-    """Server URL -> remote name of every fmrif remote the dataset knows,
+def _remote_configs(repo) -> dict[str, dict[str, str]]:
+    """Server URL -> configuration of every fmrif remote the dataset knows,
     enabled here or not (from the git-annex branch's remote.log)."""
     log = _git(repo, "cat-file", "-p", "git-annex:remote.log")
     remotes = {}
     for line in log.stdout.splitlines():
         fields = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
         if fields.get("externaltype") == "fmrif" and "server" in fields:
-            remotes[fields["server"]] = fields.get("name", "")
+            remotes[fields["server"]] = fields
     return remotes
+
+
+def fmrif_remotes(repo) -> dict[str, str]:
+    """Server URL -> remote name of every fmrif remote the dataset knows."""
+    return {server: fields.get("name", "")
+            for server, fields in _remote_configs(repo).items()}
+
+
+def recorded_credential(repo, server: str) -> str | None:
+    """The credential name the dataset's remote for ``server`` records."""
+    return _remote_configs(repo).get(server, {}).get("credential") or None
+
+
+def one_attempt_per_get(repo) -> None:
+    """Let ``datalad get`` try each file once, unless the user chose otherwise.
+
+    DataLad runs ``git annex get -c annex.retry=3`` when ``annex.retry`` is
+    unset, and git-annex then repeats a failed transfer twice more after
+    1 s and 2 s, although the fmrif remote already retried what can be
+    retried (XNAT's 5xx, resets, timeouts) and knows the rest is final
+    (a rejected password, no credential, a locked keyring, a server that
+    is not there). A per-remote ``remote.<name>.annex-retry`` does not beat
+    that ``-c``. So this repository's ``datalad.annex.retry`` becomes 1
+    (datalad-next's default), in ``.git/config`` only, when neither it nor
+    ``annex.retry`` is configured anywhere. Run when the remote is set up
+    here and by the remote's INITREMOTE, which ``enableremote`` (autoenable
+    in every clone) sends too.
+    """
+    for args in (("--get", "annex.retry"), ("--get", "datalad.annex.retry"),
+                 ("-f", ".datalad/config", "--get", "datalad.annex.retry")):
+        if _git(repo, "config", *args).returncode == 0:
+            return
+    _git(repo, "config", "--local", "datalad.annex.retry", "1")
 
 
 def ensure_remote(annex, server: str, credential: str | None = None) -> str:
     """The name of the enabled fmrif remote for ``server``; set up if needed."""
     repo = annex.path
+    one_attempt_per_get(repo)
     known = fmrif_remotes(repo)
     name = known.get(server)
     if name:
@@ -53,8 +88,10 @@ def ensure_remote(annex, server: str, credential: str | None = None) -> str:
     taken = set(known.values()) | set(_git(repo, "remote").stdout.split())
     name = "fmrif" if "fmrif" not in taken else "fmrif-" + default_credential_name(server)
     config = [f"server={server}"]
-    if credential:
-        config.append(f"credential={credential}")
+    # only a name 'datalad fmrif-login' can always store again, and none
+    # when it is the one derived from the server anyway
+    if credential and restorable_name(credential) != default_credential_name(server):
+        config.append(f"credential={restorable_name(credential)}")
     init = _git(repo, "annex", "initremote", name, "type=external",
                 "externaltype=fmrif", "encryption=none", "autoenable=true", *config)
     if init.returncode != 0:

@@ -37,7 +37,8 @@ from datalad_fmrif.sandbox.study import MAIN_PROJECT, StudySpec
 
 PROJECT = MAIN_PROJECT  # 17-M-0181, the NIMH Healthy Volunteers protocol ID
 CREDENTIAL = "fmrif-xnat"  # what fmrif-login names it at FMRIF
-TOKEN_ENV = "DATALAD_CREDENTIAL_FMRIF__XNAT__TOKEN"
+#: the token goes into the variables of the credential the datasets use
+CREDENTIAL_ENV = "DATALAD_CREDENTIAL_FMRIF__XNAT"
 DATASET_FOLDER = "sub-P01/ses-01"
 BIDS_SESSION = "sub-P03/ses-01"  # its series have ReproIn names (anat-T1w, ...)
 #: what the dcm2bids step maps: the FMRIF-named series of sub-P01/ses-01
@@ -243,9 +244,8 @@ def steps(story: Story) -> list[Step]:
         Step("token", "datalad fmrif-login --token"),
         Step("token-file",
              "( umask 077  # the file is for your eyes only\n"
-             "  { echo \"export DATALAD_FMRIF_CREDENTIAL=fmrif-xnat-token\"\n"
-             f"    echo \"export {TOKEN_ENV}_USER=$(datalad -f '{{cred_user}}' credentials get {CREDENTIAL}-token)\"\n"
-             f"    echo \"export {TOKEN_ENV}_SECRET=$(datalad -f '{{cred_secret}}' credentials get {CREDENTIAL}-token)\"\n"
+             f"  {{ echo \"export {CREDENTIAL_ENV}_USER=$(datalad -f '{{cred_user}}' credentials get {CREDENTIAL}-token)\"\n"
+             f"    echo \"export {CREDENTIAL_ENV}_SECRET=$(datalad -f '{{cred_secret}}' credentials get {CREDENTIAL}-token)\"\n"
              "  } > ~/fmrif-token.env )\n"
              "ls -l ~/fmrif-token.env\n"
              "sed 's/SECRET=.*/SECRET=********/' ~/fmrif-token.env"),

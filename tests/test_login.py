@@ -140,15 +140,17 @@ def test_store_and_check(secret_service, sandbox, state_dir, monkeypatch):
     assert len(logins(sandbox)) == 2
 
 
-def test_interactive_prompt_without_echo(secret_service, sandbox, state_dir):
-    """On a terminal: user name (with a default) and password, not echoed."""
+def terminal_dialogue(argv: list[str], answers) -> tuple[bytes, int | None]:
+    """Run ``argv`` on a pseudo-terminal, answer its prompts, return what it
+    showed and its exit status. ``answers``: (prompt text, reply) pairs; a
+    password prompt gets its reply once echo is off."""
     import pty
     import select
     import signal
 
     pid, fd = pty.fork()
     if pid == 0:  # the child: datalad on a terminal
-        os.execv(DATALAD, [DATALAD, "fmrif-login", "--server", sandbox.url])
+        os.execv(argv[0], argv)
     transcript = b""
 
     def until(text: bytes, timeout: float = 20.0):
@@ -163,13 +165,11 @@ def test_interactive_prompt_without_echo(secret_service, sandbox, state_dir):
 
     status = None
     try:
-        until(b"XNAT user name")
-        os.write(fd, sandbox.user.encode() + b"\n")
-        until(b"XNAT password of")
-        time.sleep(0.2)  # let getpass switch echo off
-        os.write(fd, sandbox.password.encode() + b"\n")
-        until(b"stored the credential")
-        status = None
+        for prompt, reply in answers:
+            until(prompt)
+            if b"password" in prompt:
+                time.sleep(0.2)  # let getpass switch echo off
+            os.write(fd, reply + b"\n")
         end = time.monotonic() + 20
         while status is None and time.monotonic() < end:
             until(b"\0", 0.2)  # drain the terminal, never blocks
@@ -180,6 +180,15 @@ def test_interactive_prompt_without_echo(secret_service, sandbox, state_dir):
             os.kill(pid, signal.SIGTERM)
             os.waitpid(pid, 0)
         os.close(fd)
+    return transcript, status
+
+
+def test_interactive_prompt_without_echo(secret_service, sandbox, state_dir):
+    """On a terminal: user name (with a default) and password, not echoed."""
+    transcript, status = terminal_dialogue(
+        [DATALAD, "fmrif-login", "--server", sandbox.url],
+        [(b"XNAT user name", sandbox.user.encode()),
+         (b"XNAT password of", sandbox.password.encode())])
     assert b"stored the credential" in transcript, transcript
     assert status == 0
     assert b"(repeat)" not in transcript
@@ -263,15 +272,17 @@ def test_wrong_password_one_attempt_and_never_again(
 # -- import ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("keys, remove", [
-    (("username", "password"), False),
-    (("user", "pass"), True),
+@pytest.mark.parametrize("keys, remove, mode", [
+    (("username", "password"), False, 0o600),
+    (("user", "pass"), True, 0o600),
+    # readable by others, but removed: no advice about it any more
+    (("username", "password"), True, 0o644),
 ])
-def test_import(secret_service, sandbox, state_dir, tmp_path, keys, remove):
+def test_import(secret_service, sandbox, state_dir, tmp_path, keys, remove, mode):
     name = default_credential_name(sandbox.url)
     path = tmp_path / "xnat.yml"
     path.write_text(f"{keys[0]}: {sandbox.user}\n{keys[1]}: '{sandbox.password}'\n")
-    path.chmod(0o600)
+    path.chmod(mode)
     (res,) = fmrif_login(server=sandbox.url, import_file=str(path),
                          remove_imported=remove)
     assert res["status"] == "ok", res["message"]
@@ -279,6 +290,9 @@ def test_import(secret_service, sandbox, state_dir, tmp_path, keys, remove):
     assert stored_secret(name) == sandbox.password
     assert len(logins(sandbox)) == 1
     assert path.exists() is not remove
+    if remove:
+        assert f"removed {path}" in res["message"]
+        assert "readable" not in res["message"] and "chmod" not in res["message"]
     assert ("removed" in res["message"]) is remove
     assert "readable by other users" not in res["message"]
 
@@ -298,9 +312,25 @@ def test_import_warns_about_a_group_readable_file(
     finally:
         log.removeHandler(handler)
     assert res["status"] == "ok", res["message"]
-    assert any("readable by other users" in w.getMessage() for w in warnings)
-    assert "readable by other users" in res["message"]
+    # said once, in the result; not again as a log warning
+    assert not any("readable by other users" in w.getMessage() for w in warnings)
+    assert res["message"].count("readable by other users") == 1
+    assert "-rw-r-----" in res["message"]
     assert path.exists()
+
+
+def test_short_password_is_masked_without_mangling_words(
+        secret_service, state_dir, monkeypatch):
+    """A one-letter password rejected: the message keeps 'xnat-...' whole."""
+    from datalad_fmrif.sandbox import Sandbox
+
+    with Sandbox(users={"demo": "z"}) as sb:
+        res = login(monkeypatch, sb.url, "x", user="demo")
+        assert res["status"] == "error"
+        name = default_credential_name(sb.url)
+        assert name.startswith("xnat-") and repr(name) in res["message"]
+        assert "***nat" not in res["message"]
+        assert "user demo" in res["message"]  # the user, not only the credential
 
 
 def _unreadable(path: Path):
@@ -515,16 +545,17 @@ def test_token_issue_and_use_from_the_environment(
     expires = datetime.datetime.fromisoformat(props["expires"]).timestamp()
     assert abs(expires - (time.time() + 48 * 3600)) < 120
     assert res["expires"] == props["expires"]
-    user_var, secret_var = env_names(token_name)
+    # the advice: the token in the variables of the credential datasets use
+    user_var, secret_var = env_names(name)
     assert user_var in res["message"] and secret_var in res["message"]
     assert f"credentials get {token_name}" in res["message"]
+    assert "--credential" not in res["message"]
     assert "expires at" in res["message"]
 
     # a compute node: no Secret Service, no keyring at all, only the variables
     sandbox.clear_requests()
     proc = run_cli(
-        "fmrif-login", "--server", sandbox.url, "--credential", token_name,
-        "--check",
+        "fmrif-login", "--server", sandbox.url, "--check",
         env=cli_env(DBUS_SESSION_BUS_ADDRESS=None,
                     PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring",
                     **{user_var: alias, secret_var: secret}))

@@ -8,25 +8,35 @@ from ..credentials import (
     Credential,
     CredentialError,
     CredentialStore,
-    resolve_credential_name,
+    credential_names,
+    default_credential_name,
     resolve_server,
     resolve_verify,
 )
+from ..remote_setup import recorded_credential
 from ..xnat.session import XnatSession, request_limits
 
 
-def xnat_session(cfg, server: str | None, credential: str | None) -> XnatSession:
+def xnat_session(cfg, server: str | None, credential: str | None,
+                 dataset=None) -> XnatSession:
     """A not yet connected session for the resolved server and credential.
 
+    The credential: ``credential`` (``--credential``), else configuration
+    ``datalad.fmrif.credential``, else the one the ``fmrif`` remote of
+    ``dataset`` (a path) records, else the one derived from the server.
     Raises CredentialError with a message that says what to do.
     """
     server_url = resolve_server(server, cfg)
-    name = resolve_credential_name(credential, server_url, cfg)
-    cred: Credential | None = CredentialStore(cfg).get(name)
+    recorded = recorded_credential(dataset, server_url) if dataset else None
+    names = credential_names(credential, server_url, cfg, recorded)
+    cred: Credential | None = CredentialStore(cfg).find(names)
     if cred is None:
+        name = names[-1]  # the one asked for, else the server's default
+        login = f"datalad fmrif-login --server {server_url}"
+        if name != default_credential_name(server_url):
+            login += f" --credential {name}"
         raise CredentialError(
-            f"no credential {name!r} for {server_url}: run "
-            f"'datalad fmrif-login --server {server_url}' first")
+            f"no credential {name!r} for {server_url}: run '{login}' first")
     try:
         limits = request_limits(cfg)
     except ValueError as e:  # a setting the user can correct, like a credential

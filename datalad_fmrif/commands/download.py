@@ -115,8 +115,11 @@ class FmrifDownload(ValidatedInterface):
             args=("--credential",),
             metavar="NAME",
             doc="""name of the credential stored by 'datalad fmrif-login'.
-            Default: git config datalad.fmrif.credential, else derived from
-            the server (fmrif-xnat)."""),
+            Default: git config datalad.fmrif.credential, else the one the
+            dataset's fmrif remote records, else derived from the server
+            (fmrif-xnat). Recorded in the remote when given (for an alias
+            token credential NAME-token: NAME), so name a token with
+            the environment instead (see 'datalad fmrif-login --token')."""),
         path=Parameter(
             args=("--path",),
             metavar="TEMPLATE",
@@ -238,7 +241,7 @@ class FmrifDownload(ValidatedInterface):
             lgr.info("%s", note)
 
         try:
-            xnat = xnat_session(ds.config, server, credential)
+            xnat = xnat_session(ds.config, server, credential, dataset=ds.path)
         except CredentialError as e:
             yield failed(str(e))
             return

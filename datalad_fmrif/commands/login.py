@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __docformat__ = "restructuredtext"
 
+import dataclasses
 import getpass
 import logging
 import os
@@ -46,14 +47,13 @@ from ..credentials import (
     NoKeyring,
     Rejections,
     env_names,
-    keyring_problem,
-    no_keyring_help,
+    resolve_auth_provider,
     resolve_credential_name,
     resolve_server,
     resolve_verify,
 )
 from ..xnat.errors import CredentialRejected, XnatError
-from ..xnat.session import XnatSession
+from ..xnat.session import XnatSession, login_providers
 from ._common import command_config
 
 lgr = logging.getLogger("datalad.fmrif.login")
@@ -64,6 +64,9 @@ ACTION = "fmrif-login"
 CREDENTIAL_NAME = r"[a-z0-9][a-z0-9-]*"
 #: an import file or a password on stdin larger than this is not a credential
 MAX_INPUT = 64 * 1024
+#: XNAT provider IDs are configuration keys: no spaces, no '/' (which basic
+#: auth uses to separate provider and user)
+AUTH_PROVIDER = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 LOGIN_TIMEOUT = 30.0
 
 
@@ -85,6 +88,11 @@ class LoginParamValidator(EnsureCommandParameterization):
                 token=EnsureBool(),
                 check=EnsureBool(),
                 forget=EnsureBool(),
+                auth_provider=WithDescription(
+                    EnsureStr(min_len=1, match=AUTH_PROVIDER),
+                    error_message="an authentication provider ID is a "
+                    "single word such as 'localdb' or 'ldap1'; the login "
+                    "page of XNAT lists them"),
             ),
             joint_constraints={
                 ParameterConstraintContext(
@@ -96,6 +104,9 @@ class LoginParamValidator(EnsureCommandParameterization):
                 ParameterConstraintContext(
                     ("user", "import_file", "token", "check", "forget"),
                     "--user only for a new login"): self._user_for_login_only,
+                ParameterConstraintContext(
+                    ("auth_provider", "token", "forget"),
+                    "--auth-provider only for a login"): self._provider_for_login,
             },
         )
 
@@ -111,6 +122,13 @@ class LoginParamValidator(EnsureCommandParameterization):
             self.raise_for(dict(import_file=import_file,
                                 remove_imported=remove_imported),
                            "--remove-imported only applies to --import FILE")
+
+    def _provider_for_login(self, auth_provider, token, forget):
+        if auth_provider is not None and (token or forget):
+            self.raise_for(
+                dict(auth_provider=auth_provider, token=token, forget=forget),
+                "--auth-provider applies to a login or --check (alias "
+                "tokens are always checked by XNAT's token method)")
 
     def _user_for_login_only(self, user, import_file, token, check, forget):
         if user is not None and (import_file or token or check or forget):
@@ -143,9 +161,22 @@ class FmrifLogin(ValidatedInterface):
     say otherwise. The credential is named after the server (`fmrif-xnat`)
     unless `--credential` or `datalad.fmrif.credential` name it.
 
+    NIH accounts are checked by an authentication provider of XNAT other
+    than its local database (LDAP). `--auth-provider ID` names it and is
+    stored with the credential, so that every later login (downloads,
+    listings, `datalad get`) names it too; the configuration
+    `datalad.fmrif.auth-provider` (dataset or user, or the environment
+    variable `DATALAD_FMRIF_AUTH__PROVIDER`) does the same for any
+    credential, e.g. one from the environment in a batch job. Without either,
+    the command reads the providers from XNAT's login page: when it offers
+    more than its local database, it asks which one (or, without a terminal,
+    says how to choose) before the password is sent.
+
     NIH accounts lock after a few failed logins: a password that XNAT rejected
-    is remembered (as a salted one-way fingerprint) and never sent again, by
-    any process, until a new credential is stored with this command.
+    is remembered (as a salted one-way fingerprint of user, password and
+    provider) and never sent again with the same provider, by any process,
+    until a new credential is stored with this command. Naming another
+    provider allows one new attempt with the same password.
 
     Batch jobs and compute nodes without a keyring can use DataLad's
     environment variables `DATALAD_CREDENTIAL_<NAME>_USER` and
@@ -195,7 +226,9 @@ class FmrifLogin(ValidatedInterface):
             action="store_true",
             doc="""issue an XNAT alias token with the stored credential and
             store it as the credential `<name>-token`, with its expiry
-            time, for compute nodes and batch jobs"""),
+            time, for compute nodes and batch jobs: there, put its alias and
+            secret into `DATALAD_CREDENTIAL_<NAME>_USER` and `_SECRET` of
+            the credential `<name>` itself, so nothing else changes"""),
         check=Parameter(
             args=("--check",),
             action="store_true",
@@ -207,6 +240,15 @@ class FmrifLogin(ValidatedInterface):
             action="store_true",
             doc="""remove the credential from the keyring and the
             configuration"""),
+        auth_provider=Parameter(
+            args=("--auth-provider",),
+            metavar="ID",
+            doc="""ID of XNAT's authentication provider that checks the
+            password (XNAT's `authenticatorId`; the values of the "Login"
+            choice on the login page), stored with the credential. Default:
+            configuration `datalad.fmrif.auth-provider`, else the one
+            stored with the credential before, else asked for when the login
+            page offers more than the local database"""),
     )
 
     _examples_ = [
@@ -220,6 +262,9 @@ class FmrifLogin(ValidatedInterface):
         dict(text="Issue an alias token for batch jobs on a compute node",
              code_py="fmrif_login(token=True)",
              code_cmd="datalad fmrif-login --token"),
+        dict(text="Log in with an NIH account checked by the provider 'ldap1'",
+             code_py="fmrif_login(auth_provider='ldap1')",
+             code_cmd="datalad fmrif-login --auth-provider ldap1"),
         dict(text="Check that the stored credential still works",
              code_py="fmrif_login(check=True)",
              code_cmd="datalad fmrif-login --check"),
@@ -232,7 +277,7 @@ class FmrifLogin(ValidatedInterface):
     @eval_results
     def __call__(*, dataset=None, server=None, user=None, credential=None,
                  import_file=None, remove_imported=False, token=False,
-                 check=False, forget=False):
+                 check=False, forget=False, auth_provider=None):
         cfg = command_config(dataset)
         try:
             server = resolve_server(server, cfg)
@@ -242,7 +287,7 @@ class FmrifLogin(ValidatedInterface):
             yield get_status_dict(action=ACTION, status="impossible",
                                   message=str(e), credential=credential)
             return
-        login = _Login(cfg, server, name)
+        login = _Login(cfg, server, name, auth_provider)
         if not re.fullmatch(CREDENTIAL_NAME, name):
             # --credential is validated as a parameter; this came from config
             yield login.result(
@@ -271,17 +316,25 @@ class _Refused(Exception):
 class _Login:
     """The actions of the command, each returning one result record."""
 
-    def __init__(self, cfg, server: str, name: str):
+    def __init__(self, cfg, server: str, name: str, auth_provider: str | None):
         self.cfg = cfg
         self.server = server
         self.name = name
         self.store = CredentialStore(cfg)
+        #: --auth-provider, else the configuration, else the provider stored
+        #: with this credential before (a new password keeps it); else a
+        #: new login discovers it
+        self.auth_provider = auth_provider or resolve_auth_provider(
+            cfg, cfg.get(f"datalad.credential.{name}.auth-provider"))
 
     def result(self, status: str, message: str, *, user: str | None = None,
                secret: str | None = None, **extra) -> dict:
         if secret:
-            # belt and braces: no message may ever carry the secret
-            message = message.replace(secret, "***")
+            # belt and braces: no message may ever carry the secret; only
+            # where it stands alone, so that a short password does not
+            # mangle the words around it ('x' in 'xnat-...')
+            message = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])",
+                             "***", message)
         return get_status_dict(action=ACTION, status=status, message=message,
                                credential=extra.pop("credential", self.name),
                                server=self.server, user=user, **extra)
@@ -290,10 +343,10 @@ class _Login:
 
     def prompt(self, user: str | None) -> dict:
         """Ask for user and password, check them, store them."""
-        problem = keyring_problem()
-        if problem:
-            return self.result("error", no_keyring_help(problem, self.name),
-                               user=user)
+        try:
+            self.store.ensure_writable(self.name)
+        except CredentialError as e:
+            return self.result("error", str(e), user=user)
         try:
             user = _ask_user(user)
             password = _ask_password(user, self.server)
@@ -304,10 +357,10 @@ class _Login:
 
     def import_file(self, path: Path, *, remove: bool) -> dict:
         """Take user and password from the tutorial's YAML file."""
-        problem = keyring_problem()
-        if problem:
-            return self.result("error", no_keyring_help(problem, self.name),
-                               path=str(path))
+        try:
+            self.store.ensure_writable(self.name)
+        except CredentialError as e:
+            return self.result("error", str(e), path=str(path))
         try:
             user, password, exposed = _read_credentials_file(path)
         except _Refused as e:
@@ -315,6 +368,9 @@ class _Login:
         res = self._check_and_store(user, password, source="import file",
                                     path=str(path))
         if res["status"] != "ok":
+            if exposed:
+                res["message"] += (f"; note that {path} is readable by other "
+                                   f"users (mode {exposed}): chmod 600 it")
             return res
         if remove:
             try:
@@ -327,8 +383,8 @@ class _Login:
             res["message"] += f"; removed {path}"
         elif exposed:
             res["message"] += (
-                f"; {path} is readable by other users and still holds the "
-                "password: delete it (or use --remove-imported)")
+                f"; {path} is readable by other users (mode {exposed}) and "
+                "still holds the password: delete it (or use --remove-imported)")
         else:
             res["message"] += (f"; {path} still holds the password: delete "
                                "it once you no longer need it")
@@ -341,22 +397,37 @@ class _Login:
             _check_single_line(password, "password")
         except _Refused as e:
             return self.result("impossible", str(e), user=user, **extra)
-        cred = Credential(self.name, user, password, source)
+        # a password rejected before is refused before anything is sent,
+        # even the request for the login page
+        cred = Credential(self.name, user, password, source,
+                          auth_provider=self.auth_provider)
         when = Rejections().rejected_at(cred)
+        provider = self.auth_provider
+        if not when:
+            try:
+                provider = self._choose_provider(user)
+            except _Refused as e:
+                return self.result("impossible", str(e), user=user, **extra)
+            cred = dataclasses.replace(cred, auth_provider=provider)
+            when = Rejections().rejected_at(cred)
         if when:
+            via = f" through provider {provider!r}" if provider else ""
             return self.result(
                 "error",
-                f"XNAT at {self.server} rejected this password of {user} "
+                f"XNAT at {self.server} rejected this password of {user}{via} "
                 f"earlier ({when}); it is not sent again, to keep the account "
                 "from being locked. Run 'datalad fmrif-login' again with the "
-                "right password", user=user, secret=password, rejected=when,
-                **extra)
+                "right password"
+                + ("" if provider else
+                   " or name the provider that checks it (--auth-provider ID)"),
+                user=user, secret=password, rejected=when, **extra)
         failure = self._log_in(cred)
         if failure:
             return self.result("error", failure, user=user, secret=password,
                                **extra)
         try:
-            self.store.set(self.name, user, password, realm=self.server)
+            self.store.set(self.name, user, password, realm=self.server,
+                           auth_provider=provider)
         except CredentialError as e:
             return self.result("error", str(e), user=user, secret=password,
                                **extra)
@@ -365,11 +436,50 @@ class _Login:
                 "error",
                 f"XNAT accepted the password, but storing it failed: "
                 f"{type(e).__name__}: {e}", user=user, secret=password, **extra)
+        via = f" through provider {provider!r}" if provider else ""
         return self.result(
             "ok",
-            f"logged in to {self.server} as {user} and stored the credential "
-            f"{self.name!r} (password in the OS keyring)",
-            user=user, **extra)
+            f"logged in to {self.server} as {user}{via} and stored the "
+            f"credential {self.name!r} (password in the OS keyring)",
+            user=user, auth_provider=provider, **extra)
+
+    def _choose_provider(self, user: str) -> str | None:
+        """The provider ID for a new login: given or configured, else the
+        one the login page offers, else asked for when it offers several."""
+        if self.auth_provider:
+            return self.auth_provider
+        try:
+            offered = login_providers(self.server, verify=resolve_verify(self.cfg),
+                                      timeout=LOGIN_TIMEOUT)
+        except XnatError as e:
+            # the login request will say the same; nothing was sent yet
+            lgr.debug("reading the login page of %s failed: %s", self.server, e)
+            return None
+        if len(offered) <= 1:
+            only = offered[0][0] if offered else None
+            # one provider that is not the local database: name it
+            return only if only and only.lower() != "localdb" else None
+        listing = ", ".join(f"{pid} ({label})" if label and label != pid else pid
+                            for pid, label in offered)
+        if _stdin_is_pipe() or sys.stdin is None:
+            raise _Refused(
+                f"XNAT at {self.server} offers several ways to log in: "
+                f"{listing}. Choose the one your account uses with "
+                "--auth-provider ID (NIH accounts: not 'localdb'), or set "
+                "git config datalad.fmrif.auth-provider ID; the password was "
+                "not sent")
+        from datalad.ui import ui
+
+        ids = [pid for pid, _ in offered]
+        default = next((p for p in ids if p.lower() != "localdb"), ids[0])
+        try:
+            chosen = ui.question(
+                f"XNAT at {self.server} offers: {listing}. Which one checks "
+                f"the password of {user}?", choices=ids, default=default)
+        except RuntimeError:
+            raise _Refused(f"no terminal to ask which provider to use "
+                           f"({listing}); give --auth-provider ID") from None
+        return chosen
 
     # -- alias tokens ---------------------------------------------------------------
 
@@ -385,10 +495,10 @@ class _Login:
                 f"credential {self.name!r} is an alias token itself; issue "
                 "tokens with the password credential (--credential NAME)",
                 user=cred.user)
-        problem = keyring_problem()
-        if problem:
-            return self.result("error", no_keyring_help(problem, token_name),
-                               user=cred.user, credential=token_name)
+        try:
+            self.store.ensure_writable(token_name)
+        except CredentialError as e:
+            return self.result("error", str(e), user=cred.user, credential=token_name)
         session = XnatSession(self.server, cred, verify=resolve_verify(self.cfg),
                               retries=1, timeout=LOGIN_TIMEOUT)
         try:
@@ -414,7 +524,10 @@ class _Login:
             return self.result(
                 "error", f"storing the alias token failed: {type(e).__name__}: "
                 f"{e}", user=cred.user, secret=secret, credential=token_name)
-        user_var, secret_var = env_names(token_name)
+        # the token goes into the variables of the credential the datasets
+        # already use, so that no dataset records the token's name (which
+        # 'datalad fmrif-login' could not store again once it expired)
+        user_var, secret_var = env_names(self.name)
         return self.result(
             "ok",
             f"issued an XNAT alias token for {cred.user}, stored as credential "
@@ -422,8 +535,8 @@ class _Login:
             f"node or in a batch job, export {user_var} and {secret_var} with "
             f"the values of cred_user and cred_secret from "
             f"'datalad -f json credentials get {token_name}' (run that on a "
-            f"trusted machine) and use --credential {token_name} (or "
-            f"DATALAD_FMRIF_CREDENTIAL={token_name})",
+            f"trusted machine): every command and 'datalad get' then use the "
+            f"token in place of the password, with no other change",
             user=alias, credential=token_name, expires=expires,
             env=[user_var, secret_var], secret=secret)
 
@@ -434,6 +547,8 @@ class _Login:
         cred, failure = self._stored()
         if failure:
             return failure
+        if self.auth_provider and not cred.is_token:
+            cred = dataclasses.replace(cred, auth_provider=self.auth_provider)
         when = Rejections().rejected_at(cred)
         if when:
             return self.result(
@@ -577,8 +692,8 @@ def _check_single_line(value: str, what: str) -> None:
                        "XNAT credentials are a single line")
 
 
-def _read_credentials_file(path: Path) -> tuple[str, str, bool]:
-    """User, password, and whether other users can read the file.
+def _read_credentials_file(path: Path) -> tuple[str, str, str | None]:
+    """User, password, and the file's mode if other users can read it.
 
     Messages name the file and the line, never a value from it: a YAML parser
     error would quote the offending line, which may be the password.
@@ -595,11 +710,9 @@ def _read_credentials_file(path: Path) -> tuple[str, str, bool]:
         raise _Refused(f"import file {path} is not a regular file")
     if info.st_size > MAX_INPUT:
         raise _Refused(f"import file {path} is too large for a credentials file")
-    exposed = bool(info.st_mode & 0o077)
-    if exposed:
-        lgr.warning("%s is readable by other users (mode %s); a password "
-                    "file should be private (chmod 600), or better removed",
-                    path, stat.filemode(info.st_mode))
+    # said once, in the result, and only where it still applies (not once
+    # the file is removed)
+    exposed = stat.filemode(info.st_mode) if info.st_mode & 0o077 else None
     try:
         text = path.read_text(encoding="utf-8")
     except PermissionError:

@@ -77,7 +77,8 @@ class FmrifStatus(ValidatedInterface):
             args=("--credential",),
             metavar="NAME",
             doc="""credential stored by 'datalad fmrif-login'; default:
-            git config datalad.fmrif.credential, else derived from the server."""),
+            git config datalad.fmrif.credential, else the one the dataset's
+            fmrif remote records, else derived from the server."""),
         path=Parameter(
             args=("path",),
             nargs="*",
@@ -138,7 +139,8 @@ class FmrifStatus(ValidatedInterface):
                          "give --server", type="dataset")
             return
         try:
-            xnat = xnat_session(ds.config, server or servers.pop(), credential)
+            xnat = xnat_session(ds.config, server or servers.pop(), credential,
+                                dataset=ds.path)
         except CredentialError as e:
             yield result("impossible", str(e), type="dataset")
             return

@@ -65,22 +65,36 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--session-timeout", type=float, metavar="SECONDS", default=900.0,
                        help="seconds after which an idle login session expires, "
                             "as XNAT's 15 minutes (default: 900)")
+    serve.add_argument("--ldap-user", metavar="NAME:PASSWORD", action="append", default=[],
+                       help="a user of the authentication provider 'nihldap' (auth "
+                            "method ldap), as NIH accounts are; the login page then "
+                            "lists two providers (may be given more than once)")
     return parser
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    users = {USER: PASSWORD}
+    for entry in args.ldap_user:
+        name, sep, password = entry.partition(":")
+        if not (name and sep and password):
+            cli.error(f"--ldap-user {entry!r}: expected NAME:PASSWORD")
+        users[name] = password
+    ldap = {name: "nihldap" for name in users if name != USER}
     spec = StudySpec(seed=args.seed, subjects=args.subjects,
                      scans_per_session=args.scans_per_session,
                      files_per_scan=args.files_per_scan, file_size=args.file_size)
     sandbox = Sandbox(spec, latency=args.latency, bandwidth=args.bandwidth,
                       port=args.port, session_timeout=args.session_timeout,
-                      users={USER: PASSWORD})
+                      users=users, auth_providers={"nihldap": "ldap"} if ldap else None,
+                      user_providers=ldap)
     with sandbox:
         print(f"XNAT sandbox serving synthetic data at {sandbox.url}\n"
               f"  user:     {USER}\n"
               f"  password: {PASSWORD}\n"
-              f"  projects: {', '.join(sandbox.study.projects)}\n"
+              + "".join(f"  LDAP user (provider nihldap): {name}\n" for name in ldap)
+              + f"  projects: {', '.join(sandbox.study.projects)}\n"
               f"Use it with:  git config --global datalad.fmrif.server {sandbox.url}\n"
               "Press Ctrl-C to stop.", flush=True)
         try:

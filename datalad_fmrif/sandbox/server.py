@@ -4,7 +4,8 @@ Written from XNAT's documented and observed behaviour (see docs/DESIGN.md,
 "XNAT facts"); it shares no code with the client.  It serves the synthetic
 :class:`~datalad_fmrif.sandbox.study.Study` on 127.0.0.1 with XNAT's login
 flow (form login, basic auth, JSESSIONID cookies, alias tokens, idle expiry,
-account lockout), its JSON listings, single-file downloads (with ranges), zip
+account lockout, authentication providers such as NIH's LDAP with XNAT's
+cached provider-less lookup, a cap on concurrent sessions), its JSON listings, single-file downloads (with ranges), zip
 streams, and injectable faults, latency and bandwidth limits.
 """
 
@@ -54,6 +55,8 @@ RANGE_ANSWERS = ("restlet", "restlet-1.1.0", "whole-length")
 ZIP_SHAPES = ("java", "descriptor")
 FILE_COLUMNS = ["Name", "Size", "URI", "collection", "file_tags", "file_format", "file_content",
                 "cat_ID", "digest"]
+LOCALDB = "localdb"   # XdatUserAuthService.LOCALDB
+TOKEN = "token"       # XdatUserAuthService.TOKEN
 FAULT_KINDS = ("status", "reset", "truncate", "html200", "slow", "expire", "body")
 
 
@@ -167,16 +170,31 @@ LOGIN_FAILED_PAGE = (
     "</body></html>").encode()
 
 
-def _login_page(user: Optional[str]) -> bytes:
+def _login_page(user: Optional[str], providers: dict) -> bytes:
+    """XNAT's Login.vm: the providers as ``<select id="login_method">`` when
+    there is more than one, else a hidden field with the one provider ID."""
     if user:
         info = (f"<span id=\"user_info\">Logged in as: &nbsp;<a id=\"username-link\" "
                 f"href=\"/app/template/XDATScreen_UpdateUser.vm\">{html.escape(user)}</a></span>")
     else:
-        info = ("<form name=\"form1\" method=\"post\" action=\"/login\">"
+        if len(providers) == 1:
+            choice = ("<input type=\"hidden\" id=\"login_method\" name=\"login_method\" "
+                      f"value=\"{html.escape(next(iter(providers)))}\"/>")
+        else:
+            options = "".join(f"<option value=\"{html.escape(p)}\">{html.escape(_PROVIDER_NAMES.get(m, p))}</option>"
+                              for p, m in providers.items())
+            choice = ("<label for=\"login_method\">Login</label>\n"
+                      "<select id=\"login_method\" class=\"xnat-menu\" data-menu-opts=\"width:160px\" "
+                      f"name=\"login_method\">\n{options}\n</select>")
+        info = ("<form name=\"form1\" method=\"post\" action=\"/login\" id=\"login_form\">"
+                f"{choice}"
                 "<input type=\"text\" name=\"username\"/><input type=\"password\" name=\"password\"/>"
                 "</form>")
     return (f"<!DOCTYPE html><html><head><title>XNAT Sandbox</title></head><body>"
             f"<h1>FMRIF XNAT sandbox (synthetic data)</h1>{info}</body></html>").encode()
+
+
+_PROVIDER_NAMES = {LOCALDB: "Database", "ldap": "NIH Login"}
 
 
 # ====================================================================== server state
@@ -185,17 +203,32 @@ class _ServerState:
     """Everything the request handlers share; all access under ``lock``."""
 
     def __init__(self, study: Study, users: dict, lockout_after: int, session_timeout: float,
-                 forbidden_projects: Iterable[str], token_lifetime: float):
+                 forbidden_projects: Iterable[str], token_lifetime: float, *,
+                 auth_providers: dict | None = None, user_providers: dict | None = None,
+                 lockout_duration: float = 3600.0, max_sessions: Optional[int] = None):
         self.study = study
         self.users = dict(users)
         self.lockout_after = lockout_after
+        self.lockout_duration = lockout_duration
+        self.max_sessions = max_sessions
         self.session_timeout = session_timeout
         self.forbidden = set(forbidden_projects)
         self.token_lifetime = token_lifetime
+        # provider ID -> auth method; XNAT always has the local database
+        self.providers = {LOCALDB: LOCALDB, **(auth_providers or {})}
+        self.user_providers = dict(user_providers or {})  # user -> provider ID
+        unknown = set(self.user_providers.values()) - set(self.providers)
+        if unknown:
+            raise ValueError(f"users of unknown providers: {sorted(unknown)}")
+        # xdat_user_auth: users XNAT has a record of (local users always;
+        # users of another provider after their first successful login)
+        self.user_auth = {u: LOCALDB for u in self.users if u not in self.user_providers}
+        self.cached_methods: dict[str, str] = {}  # XnatProviderManager.CACHED_AUTH_METHODS
         self.lock = threading.Lock()
         self.sessions: dict[str, dict] = {}     # JSESSIONID -> {"user", "last"}
         self.tokens: dict[str, dict] = {}       # alias -> {"user", "secret", "expires"}
         self.failed: dict[str, int] = {}
+        self.locked_at: dict[str, float] = {}
         self.faults: list[Fault] = []
         self.log: list[RequestRecord] = []
         self.latency = 0.0
@@ -204,22 +237,75 @@ class _ServerState:
         self.zip_shape = "java"
 
     # ---- login
-    def check_login(self, name: str, password: str) -> Optional[str]:
-        """The XNAT user for these credentials, or None (and count the failure)."""
+    def retrieve_auth_method(self, name: str) -> str:
+        """XnatProviderManager.retrieveAuthMethod: the user's record, else
+        ``token`` for an alias, else ``localdb``; cached per name for good."""
         with self.lock:
+            method = self.cached_methods.get(name)
+            if method is None:
+                if name in self.user_auth:
+                    method = self.providers[self.user_auth[name]]
+                elif UUID_RE.match(name):
+                    method = TOKEN
+                else:
+                    method = LOCALDB
+                self.cached_methods[name] = method
+            return method
+
+    def providers_with_method(self, method: str) -> list[str]:
+        return [p for p, m in self.providers.items() if m.lower() == method.lower()]
+
+    def check_login(self, name: str, password: str, provider: Optional[str] = None,
+                    method: Optional[str] = None) -> Optional[str]:
+        """The XNAT user for these credentials checked by one provider, or
+        None (and count the failure).
+
+        ``provider`` is a provider ID (``authenticatorId``, ``ID/user`` in
+        basic auth); else ``method`` an auth method; else the method is
+        looked up as XNAT does, with its per-name cache.
+        """
+        if provider is None:
+            if method is None:
+                method = self.retrieve_auth_method(name)
+            if method.lower() == TOKEN:
+                provider = TOKEN
+            else:
+                matching = self.providers_with_method(method)
+                provider = matching[0] if len(matching) == 1 else None
+        with self.lock:
+            locked = self.locked_at.get(name)
+            if locked is not None and time.time() - locked >= self.lockout_duration:
+                # ResetFailedLogins: the lock ends after its duration
+                del self.locked_at[name]
+                self.failed.pop(name, None)
             if self.failed.get(name, 0) >= self.lockout_after:
                 self.failed[name] = self.failed.get(name, 0) + 1
                 return None
             user = None
             token = self.tokens.get(name)
-            if token is not None:
-                if token["secret"] == password and token["expires"] > time.time():
+            if provider == TOKEN or (provider is None and token is not None):
+                if token is not None and token["secret"] == password and token["expires"] > time.time():
                     user = token["user"]
-            elif name in self.users and self.users[name] == password:
+            elif (provider is not None and name in self.users and self.users[name] == password
+                  and self.user_providers.get(name, LOCALDB) == provider):
                 user = name
+                self.user_auth.setdefault(name, provider)  # first login makes the record
             if user is None:
                 self.failed[name] = self.failed.get(name, 0) + 1
+                if self.failed[name] >= self.lockout_after:
+                    self.locked_at.setdefault(name, time.time())
+            elif self.max_sessions is not None and self._open_sessions(user) >= self.max_sessions:
+                # ConcurrentSessionControlAuthenticationStrategy with
+                # exceptionIfMaximumExceeded: the login is refused, and
+                # logged as a failed attempt like any AuthenticationException
+                self.failed[name] = self.failed.get(name, 0) + 1
+                return None
             return user
+
+    def _open_sessions(self, user: str) -> int:
+        now = time.monotonic()
+        return sum(1 for s in self.sessions.values()
+                   if s["user"] == user and now - s["last"] <= self.session_timeout)
 
     def new_session(self, user: str) -> str:
         jsid = secrets.token_hex(16).upper()
@@ -516,7 +602,11 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
             except Exception:
                 raise _HTTPError(401, "Malformed credentials")
             self.auth_kind = "basic"
-            user = self.state.check_login(name, password)
+            # XnatBasicAuthenticationFilter: "providerID/username" names the provider
+            provider, slash, rest = name.partition("/")
+            if slash:
+                name = rest
+            user = self.state.check_login(name, password, provider=provider if slash else None)
             if user is None:
                 self.new_cookies = []
                 raise _HTTPError(401, "Login attempt failed")
@@ -539,13 +629,15 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
     # ---- routing
     def _route(self, method: str):
         path = self.req_path
+        if path == "/login" and method == "POST":
+            return self._web_login()
         if path in ("/", "") or path.startswith("/app/") or path == "/login":
             user = None
             if self.headers.get("Authorization"):
                 user = self._authenticate()
             elif self._cookie("JSESSIONID"):
                 user = self._authenticate(required=False)
-            return self._send(200, _login_page(user), "text/html;charset=UTF-8")
+            return self._send(200, _login_page(user, self.state.providers), "text/html;charset=UTF-8")
 
         if path.rstrip("/") == "/data/services/auth" and method in ("PUT", "POST"):
             return self._form_login()
@@ -583,16 +675,57 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
         return self._catalog(segments)
 
     def _form_login(self):
-        fields = dict(parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True))
-        fields = {**self.query, **fields}
+        """AuthenticationRestlet (``/data/services/auth``): the form fields of
+        the body choose how the password is checked."""
+        fields = {}
+        for entry in self.body.decode("utf-8", "replace").split("&"):
+            key, eq, value = entry.partition("=")
+            if eq:
+                fields[key] = unquote(value.replace("+", " "))
         self.auth_kind = "form"
-        name, password = fields.get("username", ""), fields.get("password", "")
-        user = self.state.check_login(name, password)
+        name = fields.get("username", fields.get("j_username", ""))
+        password = fields.get("password", fields.get("j_password", ""))
+        method = fields.get("provider") or fields.get("login_method") or None
+        provider = fields.get("authenticatorId") or None
+        state = self.state
+        if not name or not password:
+            return self._send(401, LOGIN_FAILED_PAGE, "text/html;charset=UTF-8")
+        if provider is not None:
+            if provider not in state.providers:
+                raise _HTTPError(400, "Authentication failed: No authentication provider "
+                                      f"identified by id {provider} found.")
+            user = state.check_login(name, password, provider=provider)
+        elif method is not None:
+            count = len(state.providers_with_method(method))
+            if count > 1:
+                raise _HTTPError(400, "Authentication failed: Multiple authentication providers "
+                                      "with identical authMethod exist. Use query parameter "
+                                      "authenticatorId to specify a particular provider.")
+            user = state.check_login(name, password, method=method) if count else None
+        else:
+            user = state.check_login(name, password)
         if user is None:
             return self._send(401, LOGIN_FAILED_PAGE, "text/html;charset=UTF-8")
-        self.jsid = self.state.new_session(user)
+        self.jsid = state.new_session(user)
         self.new_cookies = self._session_cookies(self.jsid)
         return self._send_text(self.jsid)
+
+    def _web_login(self):
+        """XnatAuthenticationFilter (``POST /login`` of the login page): the
+        ``login_method`` field is a provider ID, blank means XNAT's lookup."""
+        fields = dict(parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True))
+        self.auth_kind = "form"
+        provider = fields.get("login_method") or None
+        user = None
+        if fields.get("username") and (provider is None or provider in self.state.providers):
+            user = self.state.check_login(fields["username"], fields.get("password", ""),
+                                          provider=provider)
+        if user is None:
+            return self._send(302, b"", "text/html;charset=UTF-8",
+                              {"Location": "/app/template/Login.vm?failed=true"})
+        self.jsid = self.state.new_session(user)
+        self.new_cookies = self._session_cookies(self.jsid)
+        return self._send(302, b"", "text/html;charset=UTF-8", {"Location": "/"})
 
     def _xapi(self, path: str):
         if path.startswith("/xapi/siteConfig/buildInfo"):
@@ -1091,18 +1224,22 @@ class Sandbox:
 
     def __init__(self, spec: StudySpec | None = None, *, latency: float = 0.0,
                  bandwidth: Optional[float] = None, users: dict | None = None,
-                 lockout_after: int = 5, session_timeout: float = 900.0,
+                 lockout_after: int = 20, lockout_duration: float = 3600.0,
+                 session_timeout: float = 900.0,
                  forbidden_projects: Iterable[str] = (FORBIDDEN_PROJECT,),
                  token_lifetime: float = 48 * 3600.0, port: int = 0,
                  https: tuple | None = None, range_answer: str = "restlet",
-                 zip_shape: str = "java"):
+                 zip_shape: str = "java", auth_providers: dict | None = None,
+                 user_providers: dict | None = None, max_sessions: Optional[int] = None):
         self.spec = spec or StudySpec()
         self.study = Study(self.spec)
         users = dict(users) if users is not None else {"demo": "demo-password"}
         if not users:
             raise ValueError("at least one user is needed")
         self._state = _ServerState(self.study, users, lockout_after, session_timeout,
-                                   forbidden_projects, token_lifetime)
+                                   forbidden_projects, token_lifetime,
+                                   auth_providers=auth_providers, user_providers=user_providers,
+                                   lockout_duration=lockout_duration, max_sessions=max_sessions)
         self._state.latency = latency
         self._state.bandwidth = bandwidth
         if range_answer not in RANGE_ANSWERS:
@@ -1204,6 +1341,19 @@ class Sandbox:
     def locked(self, user: str) -> bool:
         with self._state.lock:
             return self._state.failed.get(user, 0) >= self._state.lockout_after
+
+    def has_user_record(self, user: str) -> bool:
+        """Whether XNAT has an auth record of ``user`` (local users always;
+        users of another provider after their first successful login)."""
+        with self._state.lock:
+            return user in self._state.user_auth
+
+    def restart(self):
+        """What a Tomcat restart forgets: the cached auth method per user
+        name (XnatProviderManager's static map) and every server session."""
+        with self._state.lock:
+            self._state.cached_methods.clear()
+            self._state.sessions.clear()
 
     def set_password(self, user: str, password: str):
         """Change a user's password (as on XNAT's web page); sessions stay valid."""

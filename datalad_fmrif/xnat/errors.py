@@ -36,6 +36,11 @@ class CredentialRejected(XnatError):
         self.attempts = attempts
 
 
+class UnknownAuthProvider(XnatError):
+    """XNAT has no authentication provider with the ID the login named
+    (400 from ``/data/services/auth``); no password was checked."""
+
+
 class AccessDenied(XnatError):
     """403: the user may not read this project or object."""
 

@@ -11,9 +11,11 @@ again, because NIH accounts lock after a few failed logins.
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import logging
 import os
+import re
 import threading
 import time
 import types
@@ -32,6 +34,7 @@ from .errors import (
     ServerUnreachable,
     TlsError,
     TransientError,
+    UnknownAuthProvider,
     XnatError,
 )
 
@@ -43,6 +46,13 @@ _XNATPY_LOGGER.setLevel(logging.WARNING)
 
 TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 LOGIN_HELP = "Run 'datalad fmrif-login' to store the right password"
+#: why a right password can be refused: XNAT checked it against its local
+#: database because the login named no provider (XnatProviderManager)
+PROVIDER_HELP = (
+    "If this is an NIH account: XNAT checks the password of a user it has "
+    "no record of against its local database unless the login names the "
+    "provider, so give 'datalad fmrif-login --auth-provider ID' (the login "
+    "page lists the IDs), or log in once on XNAT's web page first")
 
 # Defaults a real, busy XNAT survives: a big session's file listing can take
 # minutes to build, and a proxy in front of XNAT answers 504 meanwhile.
@@ -201,6 +211,56 @@ def _xnatpy_without_redirects():
             xnat.requests = saved
 
 
+def login_form(cred: Credential) -> dict:
+    """The form of ``PUT /data/services/auth``: ``authenticatorId`` names
+    the provider ID when one is known (AuthenticationRestlet); alias tokens
+    are always checked by XNAT's token method and name none."""
+    form = {"username": cred.user, "password": cred.secret}
+    if cred.auth_provider and not cred.is_token:
+        form["authenticatorId"] = cred.auth_provider
+    return form
+
+
+_OPTION = re.compile(r"<option\s+value=\"([^\"]*)\"[^>]*>([^<]*)</option>", re.I)
+_SELECT = re.compile(r"<select[^>]*\bid=\"login_method\"[^>]*>(.*?)</select>", re.I | re.S)
+_HIDDEN = re.compile(r"<input[^>]*\bid=\"login_method\"[^>]*\bvalue=\"([^\"]*)\"", re.I)
+
+
+def parse_login_providers(page: str) -> list[tuple[str, str]]:
+    """(provider ID, display name) from XNAT's login page (Login.vm): a
+    ``<select id="login_method">`` when there are several, else a hidden
+    field with the one provider ID."""
+    select = _SELECT.search(page)
+    if select:
+        return [(html.unescape(v), html.unescape(n).strip())
+                for v, n in _OPTION.findall(select.group(1)) if v]
+    hidden = _HIDDEN.search(page)
+    return [(html.unescape(hidden.group(1)), "")] if hidden else []
+
+
+def login_providers(server: str, *, verify: str | bool = True,
+                    timeout: float = 30.0) -> list[tuple[str, str]]:
+    """The authentication providers XNAT's login page offers (no login;
+    one GET). Raises ServerUnreachable or TlsError."""
+    probe = requests.Session()
+    probe.verify = verify
+    _pin_ca_bundle(probe, verify)
+    try:
+        response = probe.get(f"{server.rstrip('/')}/app/template/Login.vm",
+                             timeout=timeout, allow_redirects=False)
+    except requests.exceptions.SSLError as e:
+        raise TlsError(f"cannot verify the TLS certificate of {server} "
+                       f"({type(e).__name__})") from None
+    except requests.exceptions.RequestException as e:
+        raise ServerUnreachable(
+            f"cannot reach XNAT at {server}: {type(e).__name__}") from None
+    finally:
+        probe.close()
+    if response.status_code != 200:
+        return []
+    return parse_login_providers(response.text[:200_000])
+
+
 class XnatSession:
     """A logged-in session with retries, re-authentication and clear errors.
 
@@ -340,7 +400,7 @@ class XnatSession:
             else:
                 response = probe.put(
                     f"{self.server}/data/services/auth",
-                    data={"username": cred.user, "password": cred.secret},
+                    data=login_form(cred),
                     timeout=self.timeout,
                     allow_redirects=False,
                 )
@@ -362,13 +422,29 @@ class XnatSession:
         if response.status_code == 401:
             self.rejections.remember(cred, self.server)
             what = "alias token" if cred.is_token else "password"
+            if cred.is_token:
+                advice = f"{LOGIN_HELP} or issue a new token with --token."
+            elif cred.auth_provider:
+                advice = (f"{LOGIN_HELP} (with --auth-provider "
+                          f"{cred.auth_provider}).")
+            else:
+                advice = f"{LOGIN_HELP}. {PROVIDER_HELP}."
+            via = (f" through provider {cred.auth_provider!r}"
+                   if cred.auth_provider and not cred.is_token else "")
             raise CredentialRejected(
                 f"XNAT at {self.server} rejected the {what} of {cred.name!r} "
-                f"(from the {cred.source}); login attempts made: "
-                f"{self.login_attempts}. It is not tried again, to keep the "
-                f"account from being locked. {LOGIN_HELP}"
-                + (" or issue a new token with --token." if cred.is_token else "."),
+                f"(user {cred.user}, from the {cred.source}){via}; login "
+                f"attempts made: {self.login_attempts}. It is not tried again, "
+                f"to keep the account from being locked. {advice}",
                 attempts=self.login_attempts,
+            )
+        if response.status_code == 400 and cred.auth_provider and not cred.is_token:
+            raise UnknownAuthProvider(
+                f"XNAT at {self.server} has no authentication provider "
+                f"{cred.auth_provider!r} (HTTP 400; the password was not "
+                "checked). 'datalad fmrif-login' lists the providers the "
+                "login page offers; set the right one with --auth-provider "
+                "or git config datalad.fmrif.auth-provider"
             )
         if response.status_code != 200:
             raise NotXnat(
