@@ -353,6 +353,14 @@ def test_digest_mismatch_is_caught_and_nothing_bad_committed(tmp_path, sb, ds):
     res = download(ds, sb, csv)
     errors = [r for r in res if r["status"] == "error" and r.get("type") == "file"]
     assert len(errors) == 1
+    # each file counted once: the failed one is not also new
+    counts = next(r for r in res if r.get("xnat_session_id") == session.id
+                  and r.get("type") == "session")
+    assert counts["files_failed"] == 1
+    assert counts["files_new"] == len([f for f in expected_files(sb, subs)
+                                       if f[0] == session.id]) - 1
+    assert f"{counts['files_new']} new" in counts["message"]
+    assert "1 failed" in counts["message"]
     path = errors[0]["path"]
     assert not os.path.lexists(path)  # not added: its content never verified
     assert victim.name not in json.dumps(manifests(ds))
@@ -448,3 +456,67 @@ def test_download_into_an_adjusted_branch(tmp_path, sb, ds):
         assert hashlib.md5(data).hexdigest() == f["md5"]
     assert set(paths) <= set(git(ds, "ls-tree", "-r", "--name-only", "main").split())
     assert_fsck(ds, "--json")
+
+
+def test_counts_and_files_that_leave_xnat_or_the_dataset(tmp_path, sb, ds):
+    """Files XNAT stops listing are reported on every run (and by
+    fmrif-status) until they come back or the user removes them; a file
+    the user removed is reported once and never fetched again; counts
+    count every file once."""
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    download(ds, sb, csv)
+    session = sb.study.sessions(subs[0].id)[0]
+    entries = [f for f in manifests(ds)[session.id]["files"] if f["scan_id"]]
+    gone, kept = entries[0], entries[1]
+    sb.study.rename_file(session.id, gone["scan_id"], gone["name"], "renamed.dcm")
+
+    def session_result(res):
+        return next(r for r in res if r.get("type") == "session"
+                    and r.get("xnat_session_id") == session.id)
+
+    for _ in range(2):  # on every run
+        res = download(ds, sb, csv)
+        assert not [r for r in res if r["status"] in ("error", "impossible")], res
+        said = [r for r in res if r.get("state") == "deleted"]
+        assert [r["path"] for r in said] == [str(ds.pathobj / gone["path"])]
+        assert "no longer listed by XNAT" in said[0]["message"]
+        counts = session_result(res)
+        assert counts["files_missing_on_server"] == 1
+    assert counts["files_new"] == 0
+    status = dl.fmrif_status(dataset=ds.path, result_renderer="disabled",
+                             return_type="list", on_failure="ignore")
+    assert [r["path"] for r in status if r.get("state") == "deleted"] == \
+        [str(ds.pathobj / gone["path"])]
+
+    # back on XNAT: no longer reported, the mark is gone, nothing untracked
+    sb.study.rename_file(session.id, gone["scan_id"], "renamed.dcm", gone["name"])
+    res = download(ds, sb, csv)
+    assert not [r for r in res if r.get("path", "").endswith(gone["path"])
+                and r.get("type") == "file"]
+    entry = next(f for f in manifests(ds)[session.id]["files"]
+                 if f["path"] == gone["path"])
+    assert "missing_on_server" not in entry
+    status = dl.fmrif_status(dataset=ds.path, result_renderer="disabled",
+                             return_type="list", on_failure="ignore")
+    assert not [r for r in status if r.get("path", "").endswith(gone["path"])]
+    # the renamed copy left XNAT in turn; the user lets it go
+    renamed = next(f["path"] for f in manifests(ds)[session.id]["files"]
+                   if f["name"] == "renamed.dcm")
+
+    # removed by the user: reported once, not a failure, not present
+    git(ds, "rm", "-q", kept["path"], renamed)
+    git(ds, "commit", "-q", "-m", "not wanted")
+    sb.clear_requests()
+    res = download(ds, sb, csv)
+    assert not [r for r in res if r["status"] in ("error", "impossible")], res
+    removed = [r for r in res if r.get("state") == "removed"]
+    assert [r["path"] for r in removed] == [str(ds.pathobj / kept["path"])]
+    counts = session_result(res)
+    assert counts["files_removed"] == 1 and counts["files_missing_on_server"] == 0
+    assert counts["files_present"] == len(entries) - 1
+    assert not os.path.lexists(ds.pathobj / kept["path"])
+    assert content_gets(sb) == []
+    res = download(ds, sb, csv)
+    assert not [r for r in res if r.get("state") in ("removed", "deleted")], res
+    assert not [r for r in res if r["status"] in ("error", "impossible")], res
+    assert git(ds, "status", "--porcelain") == ""

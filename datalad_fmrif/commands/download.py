@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import sys
@@ -29,6 +30,7 @@ from ..credentials import CredentialError
 from ..download import ACTION, Download, DownloadOptions
 from ..plan import DEFAULT_EXCLUDE_SERIES, DEFAULT_TEMPLATE, PlanError, PlanOptions
 from ..remote_setup import RemoteSetupError
+from ..runguard import dataset_lock, signals_interrupt
 from ..subjects import (
     SubjectListError,
     apply_pseudonyms,
@@ -245,10 +247,18 @@ class FmrifDownload(ValidatedInterface):
                                   path, pseudonyms, keep_labels, include_series,
                                   exclude_series, resource, no_content, jobs))
         try:
-            with xnat:
+            # one run at a time in a dataset; a dry run changes nothing
+            held = contextlib.nullcontext() if dry_run else dataset_lock(ds.pathobj)
+            with signals_interrupt(), held, xnat:
                 yield from Download(ds, subject_list, opts, xnat).run()
         except (XnatError, RemoteSetupError, AnnexError) as e:
             yield failed(str(e), status="error")
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (Interrupted)
+            signame = getattr(e, "signame", "SIGINT")
+            yield failed(f"fmrif-download was interrupted ({signame}). The dataset "
+                         "is consistent: every committed file is whole, and running "
+                         "the same command again completes the download.",
+                         status="error")
 
     @staticmethod
     def custom_result_summary_renderer(results):
@@ -261,12 +271,18 @@ class FmrifDownload(ValidatedInterface):
             return
         total = {k: sum(r.get(k, 0) for r in sessions)
                  for k in ("files_new", "files_present", "files_changed",
-                           "files_failed", "files_excluded")}
+                           "files_failed", "files_excluded", "files_removed",
+                           "files_missing_on_server")}
+        extra = "".join(
+            f", {total[k]} {label}" for k, label in (
+                ("files_removed", "removed from the dataset"),
+                ("files_missing_on_server", "no longer on XNAT")) if total[k])
         ui.message(
             f"{len(sessions)} sessions: {total['files_new']} new files, "
             f"{total['files_present']} already present, "
             f"{total['files_changed']} changed on XNAT, "
-            f"{total['files_failed']} failed, {total['files_excluded']} excluded")
+            f"{total['files_failed']} failed, {total['files_excluded']} excluded"
+            + extra)
 
 
 def _current_dataset():

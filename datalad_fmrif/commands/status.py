@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from datalad_next.commands import (
@@ -117,12 +118,12 @@ class FmrifStatus(ValidatedInterface):
             return
         try:
             with xnat:
-                yield from _check(xnat, manifests, result)
+                yield from _check(xnat, manifests, result, root)
         except XnatError as e:
             yield result("error", str(e), type="dataset")
 
 
-def _check(xnat, manifests: dict, result):
+def _check(xnat, manifests: dict, result, root: Path):
     subjects = {}
     for m in manifests.values():
         subjects.setdefault((m["project"], m["subject"]["id"]), m["subject"]["name"])
@@ -147,17 +148,21 @@ def _check(xnat, manifests: dict, result):
                 yield result("ok", f"session {sid} is no longer listed by XNAT",
                              state="deleted", xnat_session_id=sid)
                 continue
-            yield from _check_session(xnat, m, listed[sid], result)
+            yield from _check_session(xnat, m, listed[sid], result, root)
 
 
-def _check_session(xnat, manifest: dict, session: Session, result):
+def _check_session(xnat, manifest: dict, session: Session, result, root: Path):
     options = options_from_record(manifest["options"])
     resources = [r for r in options.resources if r != "DICOM"]
     catalog = session_catalog(xnat, session, resources)
     plan = plan_session(catalog, subject=manifest["subject"]["name"],
                         session=manifest["session"]["name"],
                         project=manifest["project"], options=options)
-    differences = compare_session(manifest, plan)
+    # a file XNAT no longer lists is reported until the user takes it out
+    # of the dataset (or it comes back)
+    differences = [(path, state, detail) for path, state, detail
+                   in compare_session(manifest, plan)
+                   if state != "deleted" or os.path.lexists(root / path)]
     for path, state, detail in differences:
         yield result("ok", detail, where=path, type="file", state=state,
                      xnat_session_id=session.id)
