@@ -289,7 +289,9 @@ class Download:
                     + "; ".join(plan.problems), type="session",
                     xnat_session_id=session.id)
                 continue
-            self.work.append(_SessionWork(plan=plan, subject=subject, project=project))
+            work = _SessionWork(plan=plan, subject=subject, project=project)
+            work.failed.update(plan.conflicts)  # those files' problem, not the session's
+            self.work.append(work)
 
     # -- compare with what the dataset has ------------------------------------
 

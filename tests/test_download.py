@@ -520,3 +520,40 @@ def test_counts_and_files_that_leave_xnat_or_the_dataset(tmp_path, sb, ds):
     assert not [r for r in res if r.get("state") in ("removed", "deleted")], res
     assert not [r for r in res if r["status"] in ("error", "impossible")], res
     assert git(ds, "status", "--porcelain") == ""
+
+
+def test_same_name_in_two_resources_of_a_scan_fails_only_that_file(tmp_path, sb, ds):
+    """XNAT lists a second DICOM resource of a scan with a file of the same
+    name: that path is an error naming both resources; the rest of the
+    session, and the other sessions, are downloaded."""
+    import re
+
+    from datalad_fmrif.sandbox import Fault
+
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    session = sb.study.sessions(subs[0].id)[0]
+    types = {sc.id: sc.type for sc in sb.study.scans(session.id)}
+    victim = next(f for f in sb.study.files(session.id)
+                  if f.scan_id and types[f.scan_id] == "T1w_MPRAGE")
+
+    def with_a_second_resource(body: bytes) -> bytes:
+        doc = json.loads(body)
+        rows = doc["ResultSet"]["Result"]
+        row = next(r for r in rows if r["Name"] == victim.name
+                   and f"/scans/{victim.scan_id}/" in r["URI"])
+        rows.append(dict(row, cat_ID="999999", URI=row["URI"].replace(
+            f"/resources/{victim.resource_id}/", "/resources/999999/")))
+        doc["ResultSet"]["totalRecords"] = str(len(rows))
+        return json.dumps(doc).encode()
+
+    sb.add_fault(Fault("body", path=re.escape(
+        f"/data/experiments/{session.id}/scans/ALL/files") + "$",
+        body=with_a_second_resource, times=None))
+    res = download(ds, sb, csv)
+    errors = [r for r in res if r["status"] in ("error", "impossible")]
+    assert [r["type"] for r in errors] == ["file", "session"], errors
+    assert f"(ID {victim.resource_id})" in errors[0]["message"]
+    assert "(ID 999999)" in errors[0]["message"]
+    assert not os.path.lexists(errors[0]["path"])
+    assert len(annexed_files(ds)) == len(expected_files(sb, subs)) - 1
+    assert git(ds, "status", "--porcelain") == ""
