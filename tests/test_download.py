@@ -557,3 +557,37 @@ def test_same_name_in_two_resources_of_a_scan_fails_only_that_file(tmp_path, sb,
     assert not os.path.lexists(errors[0]["path"])
     assert len(annexed_files(ds)) == len(expected_files(sb, subs)) - 1
     assert git(ds, "status", "--porcelain") == ""
+
+
+def test_identifier_files_inside_the_dataset_are_refused_unless_ignored(tmp_path, sb, ds):
+    """A subject list, a pseudonym file or fmrif-list output inside the
+    dataset would be committed by the next 'datalad save': refused before
+    any request, unless git ignores the file."""
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    inside = ds.pathobj / "processing_data.csv"
+    inside.write_bytes(csv.read_bytes())
+    head = git(ds, "rev-parse", "HEAD")
+    sb.clear_requests()
+    res = download(ds, sb, inside)
+    assert [r["status"] for r in res] == ["impossible"], res
+    assert "git does not ignore it" in res[0]["message"]
+    mapping = ds.pathobj / "pseudonyms.csv"
+    mapping.write_text(f"{subs[0].label},P01\n")
+    plain = tmp_path / "labels.txt"
+    plain.write_text(f"{subs[0].label}\n")
+    res = download(ds, sb, plain, project=PROJECT, pseudonyms=str(mapping))
+    assert [r["status"] for r in res] == ["impossible"], res
+    assert "the pseudonym file" in res[0]["message"]
+    listed = dl.fmrif_list(PROJECT, server=sb.url, output=str(ds.pathobj / "list.csv"),
+                           result_renderer="disabled", on_failure="ignore",
+                           return_type="list")
+    assert [r["status"] for r in listed] == ["impossible"], listed
+    assert not (ds.pathobj / "list.csv").exists()
+    assert sb.requests == []  # refused before anything reached XNAT
+    assert git(ds, "rev-parse", "HEAD") == head
+
+    # ignored by git: taken
+    (ds.pathobj / ".git" / "info" / "exclude").write_text("*.csv\n")
+    res = download(ds, sb, inside)
+    assert not [r for r in res if r["status"] in ("error", "impossible")], res
+    assert "processing_data.csv" not in git(ds, "ls-files")

@@ -28,6 +28,7 @@ from datalad_next.constraints import (
 from ..annex import AnnexError
 from ..credentials import CredentialError
 from ..download import ACTION, Download, DownloadOptions
+from ..inputs import CommittableInput, refuse_if_committable
 from ..plan import DEFAULT_EXCLUDE_SERIES, DEFAULT_TEMPLATE, PlanError, PlanOptions
 from ..remote_setup import RemoteSetupError
 from ..runguard import dataset_lock, signals_interrupt
@@ -129,9 +130,12 @@ class FmrifDownload(ValidatedInterface):
         pseudonyms=Parameter(
             args=("--pseudonyms",),
             metavar="FILE",
-            doc="""file of 'label,pseudonym' lines (keep it outside the
-            dataset): the pseudonym names the subject in the dataset, and
-            sessions are named 01, 02, ... in acquisition order."""),
+            doc="""file of 'label,pseudonym' lines: the pseudonym names the
+            subject in the dataset, and sessions are named 01, 02, ... in
+            acquisition order. Keep it outside the dataset: a file inside
+            any git repository that git does not ignore is refused (it would
+            be committed by the next 'datalad save'); so is such a
+            SUBJECTS file."""),
         keep_labels=Parameter(
             args=("--keep-labels",),
             action="store_true",
@@ -207,6 +211,14 @@ class FmrifDownload(ValidatedInterface):
 
         if pseudonyms and keep_labels:
             yield failed("--pseudonyms and --keep-labels exclude each other")
+            return
+        try:
+            for given, what in ((subjects, "the subject list"),
+                                (pseudonyms, "the pseudonym file")):
+                if given and given != "-":
+                    refuse_if_committable(given, what)
+        except CommittableInput as e:
+            yield failed(str(e))
             return
         options = PlanOptions(
             template=path, include_series=include_series or None,

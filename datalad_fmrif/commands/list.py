@@ -39,6 +39,7 @@ from datalad_next.constraints import (
 from ..credentials import (
     CredentialError,
 )
+from ..inputs import CommittableInput, refuse_if_committable
 from ..xnat.catalog import project_sessions, project_subjects, session_files
 from ..xnat.errors import AccessDenied, NotFound, XnatError
 from ..xnat.session import XnatSession
@@ -228,7 +229,8 @@ class FmrifList(ValidatedInterface):
     Subject labels are MRNs or names, session labels accession numbers: the
     output identifies study participants. A FILE is created readable by its
     owner only (mode 600) and an existing one is never overwritten; keep it
-    out of any dataset (or in .gitignore), and take care where standard
+    out of any dataset (a FILE inside a git repository that git does not
+    ignore is refused), and take care where standard
     output goes. With '-f json' every row is a result record (type 'subject'
     or 'session') with these fields and the XNAT accession IDs.
     """
@@ -310,6 +312,11 @@ class FmrifList(ValidatedInterface):
             if os.path.lexists(output):
                 yield failed(f"{output} exists; it is not overwritten. Remove "
                              "it or choose another file", path=output)
+                return
+            try:
+                refuse_if_committable(output, "the output file")
+            except CommittableInput as e:
+                yield failed(str(e), path=output)
                 return
         try:
             xnat = xnat_session(command_config(dataset), server, credential)
