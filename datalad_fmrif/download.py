@@ -51,6 +51,7 @@ from .provenance import (
     run_record,
     run_record_message,
     session_manifest,
+    subjects_digest,
     write_manifest,
 )
 from .remote_setup import ensure_remote
@@ -478,7 +479,8 @@ class Download:
             "server": server,
             "xnat_version": self.xnat.xnat_version,
             "datalad_fmrif_version": __version__,
-            "subject_list_sha256": self.subjects.sha256,
+            "subjects_sha256": subjects_digest(self.subjects.requests,
+                                               keep_labels=self.options.keep_labels),
             "options": dict(options_record(self.options.plan),
                             keep_labels=self.options.keep_labels,
                             no_content=self.options.no_content),

@@ -17,6 +17,7 @@ Under pseudonyms neither holds a subject label, session label or date.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -188,6 +189,21 @@ def remove_unfinished_manifests(dataset: Path) -> None:
     :func:`write_manifest` writes the whole file again."""
     for tmp in (Path(dataset) / MANIFEST_DIR).glob("*.json.tmp"):
         tmp.unlink(missing_ok=True)
+
+
+def subjects_digest(requests, *, keep_labels: bool) -> str:
+    """SHA-256 that identifies the subjects a run was asked for, made only of
+    what the dataset shows anyway: per subject its project and its name in
+    the dataset (the pseudonym; the label only under ``--keep-labels``,
+    where the dataset holds labels), and how many sessions the list names
+    (their labels are accession numbers, so only their number). A plain
+    hash of the list itself would let anyone who tries every possible MRN
+    find the labels of a short list. Sorted: the order of the list does not
+    matter."""
+    lines = sorted(
+        f"{r.project}\t{r.label if keep_labels else r.pseudonym}\t{len(r.sessions)}"
+        for r in requests)
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 
 def run_record_message(message: str, record: dict) -> str:

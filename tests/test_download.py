@@ -72,8 +72,13 @@ def test_download_with_pseudonyms(tmp_path, sb, ds):
     _, record = get_run_info(ds, msg)
     assert record["fmrif"]["server"] == sb.url
     assert record["fmrif"]["counts"]["new"] == len(want)
-    assert record["fmrif"]["subject_list_sha256"] == hashlib.sha256(
-        csv.read_bytes()).hexdigest()
+    # identifies the list by what the dataset shows (pseudonyms), never by
+    # a plain hash of the labels in it
+    assert "subject_list_sha256" not in record["fmrif"]
+    shown = sorted(f"{PROJECT}\tP{i:02d}\t0" for i in range(1, len(subs) + 1))
+    assert record["fmrif"]["subjects_sha256"] == hashlib.sha256(
+        "\n".join(shown).encode()).hexdigest()
+    assert hashlib.sha256(csv.read_bytes()).hexdigest() not in msg
     assert "fmrif-download" in record["cmd"]
 
     # the requests: a bounded number of listings, nothing per file but content
