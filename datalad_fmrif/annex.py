@@ -707,6 +707,14 @@ class Annex:
             error = proc.stderr.read()
             proc.wait()
         if proc.returncode != 0:
+            # fast-import leaves a crash report in the git directory when it
+            # dies (a full disk): its error is in the message, the file is
+            # only litter that the user would have to find and remove
+            gitdir = subprocess.run(["git", "rev-parse", "--absolute-git-dir"],
+                                    cwd=self.path, capture_output=True,
+                                    text=True).stdout.strip()
+            if gitdir:
+                Path(gitdir, f"fast_import_crash_{proc.pid}").unlink(missing_ok=True)
             raise AnnexError("git fast-import failed: "
                              + error.decode(errors="replace").strip()[-2000:])
 

@@ -628,6 +628,7 @@ def test_disk_full(tmp_path, secret_service, state_dir, full):
             assert all((ds.pathobj / p).exists() for p in committed)  # content is there
             subprocess.run(["git", "fsck", "--no-progress"], cwd=ds.path, check=True,
                            capture_output=True)
+            assert not list((ds.pathobj / ".git").glob("fast_import_crash_*"))
             if full == "transfer-tmp":  # the dataset's own disk had room: all tidy
                 assert git(ds, "status", "--porcelain") == ""
                 assert len(head_files(ds)) == len(wanted(sb, subs)) - len(failures(res))
@@ -903,3 +904,27 @@ def content_gets_of(sb):
     from helpers import content_gets
 
     return [r for r in content_gets(sb) if r.status in (200, 206)]
+
+
+def test_the_remote_is_quiet_when_git_annex_has_gone(capfd):
+    """A special-remote process logs a failed logout at exit, when git-annex
+    no longer reads its protocol: no "--- Logging error ---" traceback."""
+    import logging
+
+    from annexremote import Master
+
+    from datalad_fmrif.remote import _AnnexLog
+
+    read, write = os.pipe()
+    os.close(read)  # git-annex has gone
+    master = Master(os.fdopen(write, "w"))
+    log = logging.getLogger("datalad.fmrif.test-remote-exit")
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    handler = _AnnexLog(master)
+    log.addHandler(handler)
+    try:
+        log.debug("logout from %s failed: %s", "https://xnat.invalid", "ConnectionError")
+    finally:
+        log.removeHandler(handler)
+    assert "Logging error" not in capfd.readouterr().err
