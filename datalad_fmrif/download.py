@@ -15,6 +15,12 @@ The order of the steps is what makes an interrupted run harmless:
 
 A run killed anywhere leaves at most registered, uncommitted files whose
 keys are XNAT's digests; the next run recognises them and completes the job.
+What else a killed run can leave is repaired first, before planning (see
+:meth:`Download.run`): a remote set up halfway, records not yet merged into
+the git-annex branch, content not yet recorded, half-written manifests, and
+the run record of a run killed between its two commits. Each step is
+announced at debug level (``fmrif-download phase: NAME``), so that the tests
+can interrupt a run at every step.
 """
 
 from __future__ import annotations
@@ -456,7 +462,7 @@ class Download:
         if files:
             # the run record must not be lost if the run dies between the
             # two commits: the next run commits it (_finish_pending_record)
-            pending.write(self.root, self._files_message(summary), record, records)
+            pending.write(self._files_message(summary), record, records)
             _phase("commit-files")
             failure = self._save(files, self._files_message(summary))
             if failure:
@@ -696,9 +702,8 @@ class _PendingRecord:
         self.root = root
         self.path = Annex(root)._own_dir() / self.NAME
 
-    def write(self, root: Path, files_message: str, message: str,
-              paths: list[str]) -> None:
-        head = _git_out(root, "rev-parse", "--verify", "-q", "HEAD")
+    def write(self, files_message: str, message: str, paths: list[str]) -> None:
+        head = _git_out(self.root, "rev-parse", "--verify", "-q", "HEAD")
         doc = {"head": head, "files_subject": files_message.splitlines()[0],
                "message": message, "paths": paths}
         tmp = self.path.with_suffix(".tmp")
@@ -710,7 +715,7 @@ class _PendingRecord:
             return json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
-        except ValueError:  # cut short while written: its files commit never came
+        except ValueError:  # not ours, or damaged: nothing to finish
             self.remove()
             return None
 

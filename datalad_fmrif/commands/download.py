@@ -72,6 +72,10 @@ class FmrifDownload(ValidatedInterface):
     (MRNs, names) never enter the dataset unless --keep-labels says so:
     give pseudonyms instead. Series that carry burned-in identifying text
     (REQUISITION, SCREEN-SAVE, SAVE) are excluded by default.
+
+    One download works in a dataset at a time; a second one waits for it.
+    A run that is interrupted (Ctrl-C, kill, a full disk) leaves nothing
+    half-done committed, and the same command again completes it.
     """
 
     _validator_ = EnsureCommandParameterization(dict(
