@@ -930,3 +930,52 @@ def test_the_remote_is_quiet_when_git_annex_has_gone(capfd):
     finally:
         log.removeHandler(handler)
     assert "Logging error" not in capfd.readouterr().err
+
+
+def _group_commands(pgid: int) -> list[str]:
+    """Command lines of the live processes of a process group."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_sigterm_to_datalad_alone_stops_the_special_remotes(tmp_path, secret_service,
+                                                            state_dir, signame):
+    """A plain kill (or a closed terminal) reaches datalad only, while
+    git-annex fetches files through special-remote processes: all of them
+    end, no lock is held, and the same command completes the dataset."""
+    with sandbox(latency=0.002, bandwidth=20_000) as sb:
+        break_zips(sb)  # every file through the special remote
+        csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+        ds = new_dataset(tmp_path)
+        proc, lines = start_download(ds, sb, csv)
+        try:
+            # fetching (the remote also runs while it is set up, earlier)
+            assert _wait_for(lambda: any("phase: fetch" in line for line in lines)
+                             and any("git-annex-remote-fmrif" in c
+                                     for c in _group_commands(proc.pid))
+                             or proc.poll() is not None, timeout=120)
+            assert proc.poll() is None, "".join(lines)[-3000:]
+            stop(proc, signame, "datalad")
+            out = proc.stdout.read()
+            proc.wait(timeout=60)
+            proc.reader.join(timeout=10)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert _wait_for(lambda: not _group_alive(proc.pid), timeout=30), \
+            _group_commands(proc.pid)
+        assert lock_is_free(ds)
+        assert "running the same command again completes" in out + "".join(lines)
+        sb.clear_faults()
+        res = download(ds, sb, csv, jobs=2)
+        assert not [r for r in res if r["status"] in ("error", "impossible")], res
+        assert_as_if_never_interrupted(ds, sb, subs, content=True)
