@@ -596,3 +596,22 @@ def test_identifier_files_inside_the_dataset_are_refused_unless_ignored(tmp_path
     res = download(ds, sb, inside)
     assert not [r for r in res if r["status"] in ("error", "impossible")], res
     assert "processing_data.csv" not in git(ds, "ls-files")
+
+
+def test_a_remote_whose_set_up_was_interrupted_is_set_up_again(ds):
+    """Ctrl-C during 'git annex initremote' can leave the remote in git
+    config but not in git-annex's remote.log; the next set-up makes it
+    properly under the same name, not a second remote beside it."""
+    from datalad_fmrif.annex import Annex
+    from datalad_fmrif.remote_setup import ensure_remote, fmrif_remotes
+
+    git(ds, "config", "remote.fmrif.annex-externaltype", "fmrif")
+    git(ds, "config", "remote.fmrif.annex-uuid", "5f1c2b4e-0000-4000-8000-000000000000")
+    assert fmrif_remotes(ds.path) == {}
+    name = ensure_remote(Annex(ds.path), "https://xnat.example.invalid")
+    assert name == "fmrif"
+    assert fmrif_remotes(ds.path) == {"https://xnat.example.invalid": "fmrif"}
+    kinds = git(ds, "config", "--get-regexp", r"^remote\..*\.annex-externaltype$")
+    assert kinds.split() == ["remote.fmrif.annex-externaltype", "fmrif"]
+    assert git(ds, "config", "remote.fmrif.annex-uuid").strip() != \
+        "5f1c2b4e-0000-4000-8000-000000000000"
