@@ -137,9 +137,9 @@ class FmrifDownload(ValidatedInterface):
             doc="""file of 'label,pseudonym' lines: the pseudonym names the
             subject in the dataset, and sessions are named 01, 02, ... in
             acquisition order. Keep it outside the dataset: a file inside
-            any git repository that git does not ignore is refused (it would
-            be committed by the next 'datalad save'); so is such a
-            SUBJECTS file."""),
+            a dataset that git does not ignore is refused (it would be
+            committed by the next 'datalad save'); so is such a SUBJECTS
+            file."""),
         keep_labels=Parameter(
             args=("--keep-labels",),
             action="store_true",

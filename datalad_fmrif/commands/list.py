@@ -229,8 +229,8 @@ class FmrifList(ValidatedInterface):
     Subject labels are MRNs or names, session labels accession numbers: the
     output identifies study participants. A FILE is created readable by its
     owner only (mode 600) and an existing one is never overwritten; keep it
-    out of any dataset (a FILE inside a git repository that git does not
-    ignore is refused), and take care where standard
+    out of any dataset (a FILE inside a dataset that git does not ignore
+    is refused), and take care where standard
     output goes. With '-f json' every row is a result record (type 'subject'
     or 'session') with these fields and the XNAT accession IDs.
     """
