@@ -739,6 +739,24 @@ def stop(proc, signame: str, whom: str) -> None:
             os.kill(proc.pid, sig)
 
 
+def ended(proc, ds) -> str:
+    """The standard output of a run that was stopped (or ran to its end),
+    once it and everything it started have ended: nothing of it may be left
+    running (git-annex children, special remotes), also when only datalad
+    got the signal, and its lock must be free."""
+    try:
+        out = proc.stdout.read()
+        proc.wait(timeout=120)
+        proc.reader.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert _wait_for(lambda: not _group_alive(proc.pid), timeout=60), \
+        _group_commands(proc.pid)
+    assert lock_is_free(ds)
+    return out
+
+
 def lock_is_free(ds) -> bool:
     import fcntl
 
@@ -803,16 +821,10 @@ def interrupted_then_rerun(tmp_path, sb, csv, subs, name, *, content, when, sign
                 met = True
         if met:
             stop(proc, signame, whom)
-        out = proc.stdout.read()
-        proc.wait(timeout=120)
-        proc.reader.join(timeout=10)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    # nothing of it is left running (its git-annex children, special
-    # remotes), also when only datalad got the signal
-    assert _wait_for(lambda: not _group_alive(proc.pid), timeout=60), (signame, whom)
-    assert lock_is_free(ds)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    out = ended(proc, ds)
     said = out + "".join(lines)
     # stopped while the download worked (not while Python started, nor after it)
     working = "fmrif-download phase:" in said and "phase: done" not in said
@@ -965,15 +977,10 @@ def test_sigterm_to_datalad_alone_stops_the_special_remotes(tmp_path, secret_ser
                              or proc.poll() is not None, timeout=120)
             assert proc.poll() is None, "".join(lines)[-3000:]
             stop(proc, signame, "datalad")
-            out = proc.stdout.read()
-            proc.wait(timeout=60)
-            proc.reader.join(timeout=10)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-        assert _wait_for(lambda: not _group_alive(proc.pid), timeout=30), \
-            _group_commands(proc.pid)
-        assert lock_is_free(ds)
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        out = ended(proc, ds)
         assert "running the same command again completes" in out + "".join(lines)
         sb.clear_faults()
         res = download(ds, sb, csv, jobs=2)
