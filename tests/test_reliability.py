@@ -862,7 +862,9 @@ def test_interrupt_at_a_phase_then_rerun(tmp_path, small, content, phase, signam
     csv, subs = pseudonymous_list(tmp_path, small, n=1)
     met = interrupted_then_rerun(tmp_path, small, csv, subs, "study", content=content,
                                  when=phase, signame=signame, whom=whom)
-    assert met or phase == "done"  # the run was still there to be stopped
+    # the run was still there to be stopped (after its last commit it may
+    # end before the signal comes, on a busy machine)
+    assert met or phase in ("commit-record", "done")
 
 
 @pytest.mark.slow
