@@ -898,6 +898,8 @@ def test_two_runs_at_once_do_the_work_once(tmp_path, secret_service, state_dir):
     and never git's advice to remove index.lock by hand."""
     # slow streams: the first run is still at work when the second starts
     with sandbox(latency=0.002, bandwidth=15_000) as sb:
+        # and one zip that keeps it busy longer than a datalad takes to start
+        sb.add_fault(Fault("slow", path=ZIP_PATH, delay=6.0, times=1))
         csv, subs = pseudonymous_list(tmp_path, sb, n=1)
         ds = new_dataset(tmp_path)
         first, first_lines = start_download(ds, sb, csv)
