@@ -238,8 +238,8 @@ class _BatchProcess:
     def __exit__(self, exc_type, exc, tb) -> None:
         lgr.debug("%s: %d items answered", self.command, self.answered)
         if exc_type is not None and self._proc.poll() is None:
-            # the caller gave up (exception, abandoned generator)
-            self._proc.terminate()
+            # the caller gave up (exception, abandoned generator, a signal)
+            _stop(self._proc)
         rc = self._proc.wait()
         for t in self._threads:
             t.join()
@@ -255,6 +255,76 @@ class _BatchProcess:
         # a non-zero exit with every item answered only means that some items
         # failed; those are in the records
         lgr.debug("%s exited with %d: %s", self.command, rc, self.stderr)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process IDs of every descendant of ``pid`` (Linux: from /proc; elsewhere
+    none are known)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """Stop a git-annex process and everything it started, as Ctrl-C would.
+
+    A terminal's Ctrl-C reaches the whole process group; SIGTERM to the
+    ``datalad`` process alone (a plain ``kill``, a scheduler's time limit)
+    reaches nobody else, and git-annex's special-remote processes and its
+    ``git`` helpers would be left running, holding transfer locks. So each
+    of them gets SIGINT, and SIGKILL if still there after ``grace`` seconds.
+    """
+    import signal
+
+    family = [proc.pid] + _descendants(proc.pid)
+    for pid in family:
+        try:
+            os.kill(pid, signal.SIGINT)
+        except OSError:
+            pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + grace
+    for pid in family:
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
 
 
 class _Background:
@@ -637,8 +707,32 @@ class Annex:
             error = proc.stderr.read()
             proc.wait()
         if proc.returncode != 0:
+            # fast-import leaves a crash report in the git directory when it
+            # dies (a full disk): its error is in the message, the file is
+            # only litter that the user would have to find and remove
+            gitdir = subprocess.run(["git", "rev-parse", "--absolute-git-dir"],
+                                    cwd=self.path, capture_output=True,
+                                    text=True).stdout.strip()
+            if gitdir:
+                Path(gitdir, f"fast_import_crash_{proc.pid}").unlink(missing_ok=True)
             raise AnnexError("git fast-import failed: "
                              + error.decode(errors="replace").strip()[-2000:])
+
+    def _logs_refs(self) -> list[str]:
+        """``objectname refname ...`` of every ref under ``refs/fmrif/``."""
+        return subprocess.run(
+            ["git", "for-each-ref", "--format=%(objectname) %(refname)", LOGS_REFS],
+            cwd=self.path, capture_output=True, text=True).stdout.split()
+
+    def merge_leftover_logs(self) -> None:
+        """Merge and delete the refs of records a killed run wrote
+        (:meth:`write_logs`) but did not live to see merged."""
+        if not self._logs_refs():
+            return
+        proc = subprocess.run(
+            ["git-annex", "merge", "-c", "annex.merge-annex-branches=true"],
+            cwd=self.path, capture_output=True, text=True)
+        self._delete_merged_logs(None, proc)
 
     def _merge_logs(self, ref: str, key: str) -> None:
         """Have git-annex merge ``ref`` (any command that reads a key's logs
@@ -647,9 +741,11 @@ class Annex:
         proc = subprocess.run(
             ["git-annex", "metadata", "-c", "annex.merge-annex-branches=true",
              "--json", "--key", key], cwd=self.path, capture_output=True, text=True)
-        refs = subprocess.run(
-            ["git", "for-each-ref", "--format=%(objectname) %(refname)", LOGS_REFS],
-            cwd=self.path, capture_output=True, text=True).stdout.split()
+        self._delete_merged_logs(ref, proc)
+
+    def _delete_merged_logs(self, ref: str | None,
+                            proc: subprocess.CompletedProcess) -> None:
+        refs = self._logs_refs()
         merged = []
         for sha, name in zip(refs[::2], refs[1::2]):
             if subprocess.run(["git", "merge-base", "--is-ancestor", sha,

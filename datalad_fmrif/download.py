@@ -15,10 +15,17 @@ The order of the steps is what makes an interrupted run harmless:
 
 A run killed anywhere leaves at most registered, uncommitted files whose
 keys are XNAT's digests; the next run recognises them and completes the job.
+What else a killed run can leave is repaired first, before planning (see
+:meth:`Download.run`): a remote set up halfway, records not yet merged into
+the git-annex branch, content not yet recorded, half-written manifests, and
+the run record of a run killed between its two commits. Each step is
+announced at debug level (``fmrif-download phase: NAME``), so that the tests
+can interrupt a run at every step.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -46,9 +53,11 @@ from .provenance import (
     common_dir,
     load_manifests,
     options_record,
+    remove_unfinished_manifests,
     run_record,
     run_record_message,
     session_manifest,
+    subjects_digest,
     write_manifest,
 )
 from .remote_setup import ensure_remote
@@ -88,6 +97,8 @@ class _SessionWork:
     present: list = field(default_factory=list)
     changed: dict = field(default_factory=dict)  # path -> server md5
     failed: dict = field(default_factory=dict)  # path -> message
+    removed: list = field(default_factory=list)  # PlannedFile the user took out
+    missing: dict = field(default_factory=dict)  # path -> since when XNAT lacks it
 
     @property
     def session(self) -> Session:
@@ -290,7 +301,9 @@ class Download:
                     + "; ".join(plan.problems), type="session",
                     xnat_session_id=session.id)
                 continue
-            self.work.append(_SessionWork(plan=plan, subject=subject, project=project))
+            work = _SessionWork(plan=plan, subject=subject, project=project)
+            work.failed.update(plan.conflicts)  # those files' problem, not the session's
+            self.work.append(work)
 
     # -- compare with what the dataset has ------------------------------------
 
@@ -302,7 +315,12 @@ class Download:
                      self.manifests.get(w.session.id, {}).get("files", [])}
             for pf in w.plan.files:
                 before = known.get(pf.path)
-                if before and before.get("md5") == pf.md5 and pf.md5:
+                if before and not os.path.lexists(self.root / pf.path) and (
+                        before.get("md5") == pf.md5 or before.get("removed")):
+                    # recorded, then taken out of the dataset (git rm): the
+                    # user's decision, not a file to download again
+                    w.removed.append(pf)
+                elif before and before.get("md5") == pf.md5 and pf.md5:
                     w.present.append(pf)
                 elif before and before.get("md5") and before["md5"] != pf.md5:
                     w.changed[pf.path] = pf.md5 or "(no digest)"
@@ -427,6 +445,7 @@ class Download:
                 subject_label=w.subject.label if self.options.keep_labels else None,
                 previous=previous, changed=w.changed,
                 left_out={pf.path for pf in w.new if pf.path in w.failed},
+                removed={pf.path for pf in w.removed},
                 options=self.options.plan)
             if manifest != previous:
                 written.append(write_manifest(self.root, manifest))
@@ -441,22 +460,40 @@ class Download:
         the files in their own commit, the run record commit changes only
         the manifests, and a rerun costs nothing but the new downloads.
         """
-        server = self.options.server
-        if files:
-            n = summary["counts"]["new"]
-            failure = self._save(
-                files, f"Add {n} files of {len(self.work)} XNAT sessions from "
-                f"{server}\n\nMade by datalad fmrif-download; its record is in "
-                "the next commit.")
-            if failure:
-                return failure
         if not records:
-            return None
+            # nothing new to record means no new file either (a new file
+            # changes its session's manifest)
+            return self._save(files, self._files_message(summary)) if files else None
+        record = self._run_record_message(summary)
+        pending = _PendingRecord(self.root)
+        if files:
+            # the run record must not be lost if the run dies between the
+            # two commits: the next run commits it (_finish_pending_record)
+            pending.write(self._files_message(summary), record, records)
+            _phase("commit-files")
+            failure = self._save(files, self._files_message(summary))
+            if failure:
+                pending.remove()
+                return failure
+        _phase("commit-record")
+        failure = self._save(records, record)
+        pending.remove()
+        return failure
+
+    def _files_message(self, summary: dict) -> str:
+        n = summary["counts"]["new"]
+        return (f"Add {n} files of {len(self.work)} XNAT sessions from "
+                f"{self.options.server}\n\nMade by datalad fmrif-download; its "
+                "record is in the next commit.")
+
+    def _run_record_message(self, summary: dict) -> str:
+        server = self.options.server
         extra = {
             "server": server,
             "xnat_version": self.xnat.xnat_version,
             "datalad_fmrif_version": __version__,
-            "subject_list_sha256": self.subjects.sha256,
+            "subjects_sha256": subjects_digest(self.subjects.requests,
+                                               keep_labels=self.options.keep_labels),
             "options": dict(options_record(self.options.plan),
                             keep_labels=self.options.keep_labels,
                             no_content=self.options.no_content),
@@ -470,7 +507,24 @@ class Download:
             f"Download {n.get('new', 0)} new files of {len(self.work)} sessions "
             f"from {server}")
         record = run_record(self.options.command, self.ds.id or "", extra)
-        return self._save(records, run_record_message(message, record))
+        return run_record_message(message, record)
+
+    def _finish_pending_record(self) -> dict | None:
+        """Commit the run record of a run that died right after committing
+        its files (see :class:`_PendingRecord`); forget one whose files
+        commit was never made (this run records those files itself)."""
+        pending = _PendingRecord(self.root)
+        doc = pending.read()
+        if doc is None:
+            return None
+        failure = None
+        if pending.files_committed(doc):
+            paths = [p for p in doc["paths"] if os.path.lexists(self.root / p)]
+            lgr.info("committing the run record of an interrupted fmrif-download")
+            failure = self._save(paths, doc["message"])
+        if failure is None:
+            pending.remove()
+        return failure
 
     def _save(self, paths: list[str], message: str) -> dict | None:
         """Commit exactly ``paths``: with git itself where annexed files are
@@ -499,16 +553,30 @@ class Download:
     # -- the run ------------------------------------------------------------------
 
     def run(self) -> Iterator[dict]:
-        yield from self._plan()
+        """The steps of the module docstring, each announced by
+        :func:`_phase`; a run interrupted anywhere is completed by the next.
+
+        Call it holding :func:`.runguard.dataset_lock` (the command does).
+        """
         annex = Annex(self.root)
+        if not self.options.dry_run:
+            _phase("repair")
+            # what a killed run left: records it wrote but git-annex did not
+            # merge, content it moved in but did not record, a run record
+            # it did not commit after committing its files
+            annex.merge_leftover_logs()
+            annex.record_unrecorded()
+            remove_unfinished_manifests(self.root)
+            failure = self._finish_pending_record()
+            if failure:
+                yield failure
+                return
+        _phase("plan")
+        yield from self._plan()
         self._classify(annex)
         if self.options.dry_run:
             yield from self._session_results(planned=True)
             return
-        annex.record_unrecorded()  # content a killed run moved in, not yet recorded
-        if any(w.new for w in self.work) or (
-                not self.options.no_content and any(w.present for w in self.work)):
-            self.remote = ensure_remote(annex, self.options.server, self.options.credential)
         # what an interrupted run registered but did not commit is finished
         # (or, without its content, taken out again) like a new file, and
         # registered again: that run may have died, or met a full disk,
@@ -517,41 +585,67 @@ class Download:
         for w in self.work:
             w.new += [pf for pf in w.present if pf.path in unsaved]
             w.present = [pf for pf in w.present if pf.path not in unsaved]
+        if self.work:
+            # always, not only when something looks new: files registered
+            # by an interrupted run must be registered on this remote again
+            # (never on git-annex's web remote), and a remote whose set-up
+            # was interrupted is set up again here
+            _phase("remote")
+            self.remote = ensure_remote(annex, self.options.server, self.options.credential)
+        _phase("register")
         self._register(annex)
         if not self.options.no_content:
+            _phase("fetch")
             bulk.remove_stale(self.root)  # left by a run that was killed
             self._fetch(annex)
         # a file enters the dataset only with verified content (or, with
         # --no-content, a registration that worked): take out the rest
+        _phase("discard")
         annex.discard([path for w in self.work for pf in w.new
                        if (path := pf.path) in w.failed])
         results = list(self._session_results(planned=False))
         failures.record(self.root, {p: why for w in self.work for p, why in w.failed.items()},
                         [pf.path for w in self.work for pf in w.plan.files])
         summary = _summary(self.work)
+        _phase("record")
         records = self._record()
         records += sorted(p for p in unsaved
-                          if p.startswith(MANIFEST_DIR + "/") and p not in records)
+                          if p.startswith(MANIFEST_DIR + "/") and p.endswith(".json")
+                          and p not in records)
         if records:
             records.append(".datalad/fmrif/.gitattributes")
         files = [pf.path for w in self.work for pf in w.new if pf.path not in w.failed]
         failure = self._commit(files, records, summary)
+        _phase("done")
         yield from results
         if failure:
             yield failure
+
+    def _missing_on_server(self, w: _SessionWork) -> dict[str, str]:
+        """Files of the session's manifest that XNAT no longer lists and the
+        dataset still has: path -> since when (reported on every run until
+        the user takes the file out, or it comes back on XNAT)."""
+        listed = {pf.path for pf in w.plan.files}
+        entries = self.manifests.get(w.session.id, {}).get("files", [])
+        return {e["path"]: e.get("missing_on_server", self.time) for e in entries
+                if e["path"] not in listed and not e.get("removed")
+                and os.path.lexists(self.root / e["path"])}
 
     def _session_results(self, planned: bool) -> Iterator[dict]:
         for w in self.work:
             s = w.session
             where = w.plan.folder or common_dir([pf.path for pf in w.plan.files])
+            w.missing = self._missing_on_server(w)
+            n = _counts(w)
             fields = dict(
                 type="session", xnat_session_id=s.id, xnat_subject_id=s.subject_id,
                 xnat_project=w.project, subject=w.plan.subject, session=w.plan.session,
-                files_new=len(w.new), files_present=len(w.present),
-                files_changed=len(w.changed), files_failed=len(w.failed),
-                files_excluded=len(w.plan.excluded),
+                files_new=n["new"], files_present=n["present"],
+                files_changed=n["changed"], files_failed=n["failed"],
+                files_excluded=n["excluded"], files_removed=n["removed"],
+                files_missing_on_server=n["missing_on_server"],
                 bytes=sum(pf.size for pf in w.plan.files),
-                bytes_new=sum(pf.size for pf in w.new),
+                bytes_new=sum(pf.size for pf in w.new if pf.path not in w.failed),
                 dry_run=planned, no_content=self.options.no_content,
             )
             for path, why in sorted(w.failed.items()):
@@ -562,17 +656,36 @@ class Download:
                     "impossible", f"changed on XNAT (now MD5 {md5}); the dataset "
                     "keeps its version, see the session manifest", path=path,
                     type="file", xnat_session_id=s.id)
+            for path, since in sorted(w.missing.items()):
+                yield self._result(
+                    "ok", f"no longer listed by XNAT (since {since}); the dataset "
+                    "keeps its copy ('git rm' it to let it go)", path=path,
+                    type="file", state="deleted", xnat_session_id=s.id)
+            known = self.manifests.get(s.id, {}).get("files", [])
+            noticed = {e["path"] for e in known if e.get("removed")}
+            for pf in w.removed:
+                if pf.path not in noticed:  # once: the manifest remembers it
+                    yield self._result(
+                        "ok", "removed from the dataset, so not downloaded "
+                        "again (restore the file from git to have it back)",
+                        path=pf.path, type="file", state="removed",
+                        xnat_session_id=s.id)
             if w.failed and not planned:
                 status = "error"
-            elif w.new or w.failed:
+            elif n["new"] or w.failed:
                 status = "ok"
             else:  # nothing to do, in a dry run as in a download
                 status = "notneeded"
             yield self._result(status, session_message(
-                s.id, new=len(w.new), new_bytes=fields["bytes_new"],
-                present=len(w.present), excluded=len(w.plan.excluded),
+                s.id, new=n["new"], new_bytes=fields["bytes_new"],
+                present=n["present"], excluded=n["excluded"],
                 excluded_series=excluded_series(w.plan), dry_run=planned,
-                no_content=self.options.no_content), path=where, **fields)
+                no_content=self.options.no_content,
+                others={label: n[what] for what, label in (
+                    ("failed", "failed"), ("changed", "changed on XNAT"),
+                    ("removed", "removed from the dataset"),
+                    ("missing_on_server", "no longer on XNAT"))}),
+                path=where, **fields)
 
 
 def _subjects_on_lines(requests: list[SubjectRequest]) -> str:
@@ -581,18 +694,84 @@ def _subjects_on_lines(requests: list[SubjectRequest]) -> str:
     return f"{len(requests)} subjects (lines {lines} of the list)"
 
 
+def _phase(name: str) -> None:
+    """Announce a step of the run (at debug level). A boundary between two
+    steps is where an interrupt is most likely to leave something behind;
+    the reliability tests wait for these lines to interrupt a run there."""
+    lgr.debug("fmrif-download phase: %s", name)
+
+
+class _PendingRecord:
+    """The run record of a run between its files commit and its record commit.
+
+    Written to ``.git/fmrif/pending-run-record.json`` just before the files
+    commit, with the commit that was HEAD then; removed after the record
+    commit. A run that finds it (the previous one was killed in between)
+    commits the record if HEAD is exactly that files commit on top of the
+    remembered one, and forgets it otherwise.
+    """
+
+    NAME = "pending-run-record.json"
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.path = Annex(root)._own_dir() / self.NAME
+
+    def write(self, files_message: str, message: str, paths: list[str]) -> None:
+        head = _git_out(self.root, "rev-parse", "--verify", "-q", "HEAD")
+        doc = {"head": head, "files_subject": files_message.splitlines()[0],
+               "message": message, "paths": paths}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def read(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except ValueError:  # not ours, or damaged: nothing to finish
+            self.remove()
+            return None
+
+    def files_committed(self, doc: dict) -> bool:
+        parent = _git_out(self.root, "rev-parse", "--verify", "-q", "HEAD^")
+        subject = _git_out(self.root, "log", "-1", "--format=%s", "HEAD")
+        return bool(doc.get("head")) and parent == doc["head"] \
+            and subject == doc.get("files_subject")
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _git_out(root: Path, *args) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                          encoding="utf-8", errors="surrogateescape").stdout.strip()
+
+
+def _counts(w: _SessionWork) -> dict[str, int]:
+    """Each planned file counted once: new (added by this run), present
+    (in the dataset, whole), failed, changed on XNAT, removed by the user;
+    and the files the plan excluded and those XNAT no longer lists."""
+    return {
+        "new": sum(pf.path not in w.failed for pf in w.new),
+        "present": sum(pf.path not in w.failed for pf in w.present),
+        "changed": len(w.changed),
+        "failed": len(w.failed),
+        "excluded": len(w.plan.excluded),
+        "removed": len(w.removed),
+        "missing_on_server": len(w.missing),
+    }
+
+
 def _summary(work: list[_SessionWork]) -> dict:
-    counts = {"new": 0, "present": 0, "changed": 0, "failed": 0, "excluded": 0}
+    counts: dict[str, int] = {}
     sizes = {"new": 0, "present": 0}
     for w in work:
-        new = [pf for pf in w.new if pf.path not in w.failed]
-        counts["new"] += len(new)
-        counts["present"] += len(w.present)
-        counts["changed"] += len(w.changed)
-        counts["failed"] += len(w.failed)
-        counts["excluded"] += len(w.plan.excluded)
-        sizes["new"] += sum(pf.size for pf in new)
-        sizes["present"] += sum(pf.size for pf in w.present)
+        for k, v in _counts(w).items():
+            counts[k] = counts.get(k, 0) + v
+        sizes["new"] += sum(pf.size for pf in w.new if pf.path not in w.failed)
+        sizes["present"] += sum(pf.size for pf in w.present if pf.path not in w.failed)
     return {"counts": counts, "bytes": sizes}
 
 

@@ -345,6 +345,9 @@ class SessionPlan:
     problems: tuple[str, ...]
     # where the session's files go: see session_folder()
     folder: str = ""
+    # files left out because another file of their scan has the same name
+    # (two resources of one scan): (planned path, why); each one's problem
+    conflicts: tuple[tuple[str, str], ...] = ()
 
     @property
     def bytes(self) -> int:
@@ -567,6 +570,8 @@ def plan_session(
             )
         )
 
+    conflicts = _same_name_in_a_scan(planned)
+    planned = [f for f in planned if f.path not in conflicts]
     problems.extend(_collisions(planned))
     return SessionPlan(
         catalog=catalog,
@@ -579,7 +584,37 @@ def plan_session(
             "subject": subject, "session": session,
             "subject_id": record.subject_id, "session_id": record.id,
             "project": project or record.project}),
+        conflicts=tuple(sorted(conflicts.items())),
     )
+
+
+def _same_name_in_a_scan(planned: list[PlannedFile]) -> dict[str, str]:
+    """Files of one scan planned to one path (a scan with two resources of
+    the same label that both hold a file of that name): path -> why.
+
+    Only these files are left out: which one is the scan's file is not
+    for us to guess, and the rest of the session is not concerned. A
+    template with ``{resource_id}`` keeps them apart.
+    """
+    by_path: dict[str, list[PlannedFile]] = defaultdict(list)
+    for f in planned:
+        by_path[f.path].append(f)
+    failed = {}
+    for group in by_path.values():
+        scans = {f.file.scan_id for f in group}
+        if (len(group) < 2 or len(scans) != 1 or None in scans
+                or len({f.file.name for f in group}) != 1
+                or len({f.file.resource_id for f in group}) != len(group)):
+            continue  # not the same name in resources of one scan: _collisions
+        resources = ", ".join(f"{f.file.resource} (ID {f.file.resource_id})"
+                              for f in group)
+        for f in group:
+            failed[f.path] = (
+                f"scan {f.file.scan_id} has {len(group)} files named "
+                f"{f.file.name}, in resources {resources}, planned to the same "
+                "path; not downloaded. A --path template with {resource_id} "
+                "keeps them apart")
+    return failed
 
 
 def _collisions(planned: list[PlannedFile]) -> list[str]:

@@ -17,6 +17,7 @@ Under pseudonyms neither holds a subject label, session label or date.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -68,6 +69,7 @@ def session_manifest(
     previous: dict | None,
     changed: Mapping[str, str] = {},
     left_out: Set[str] = frozenset(),
+    removed: Set[str] = frozenset(),
     options: PlanOptions,
 ) -> dict:
     """The manifest of a session after this run.
@@ -79,6 +81,10 @@ def session_manifest(
     server's new MD5: the dataset keeps its content, the manifest says so.
     ``left_out`` are new files this run could not add (their transfer
     failed); they are not in the dataset, so not in the manifest.
+    ``removed`` are files the user took out of the dataset (``git rm``):
+    marked ``removed`` (since when), so that a later run neither fetches
+    nor reports them again. A file XNAT lists again loses its
+    ``missing_on_server`` mark; one back in the dataset its ``removed``.
     ``options`` shaped the plan; they are recorded so that a later check
     (``fmrif-status``) can plan the session again exactly the same way.
     """
@@ -107,7 +113,12 @@ def session_manifest(
             entry = dict(before, server_md5=changed[pf.path])
         elif before and all(before.get(k) == v for k, v in entry.items()
                             if k != "recorded"):
-            entry = before
+            entry = dict(before)
+        entry.pop("missing_on_server", None)  # listed (again)
+        if pf.path in removed:
+            entry["removed"] = (before or {}).get("removed", time)
+        else:
+            entry.pop("removed", None)
         files[pf.path] = entry
     for path, entry in old.items():
         if path not in files:
@@ -174,6 +185,28 @@ def write_manifest(dataset: Path, manifest: dict) -> str:
     return rel
 
 
+def remove_unfinished_manifests(dataset: Path) -> None:
+    """Remove the half-written manifests (``*.json.tmp``) of a killed run;
+    :func:`write_manifest` writes the whole file again."""
+    for tmp in (Path(dataset) / MANIFEST_DIR).glob("*.json.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def subjects_digest(requests, *, keep_labels: bool) -> str:
+    """SHA-256 that identifies the subjects a run was asked for, made only of
+    what the dataset shows anyway: per subject its project and its name in
+    the dataset (the pseudonym; the label only under ``--keep-labels``,
+    where the dataset holds labels), and how many sessions the list names
+    (their labels are accession numbers, so only their number). A plain
+    hash of the list itself would let anyone who tries every possible MRN
+    find the labels of a short list. Sorted: the order of the list does not
+    matter."""
+    lines = sorted(
+        f"{r.project}\t{r.label if keep_labels else r.pseudonym}\t{len(r.sessions)}"
+        for r in requests)
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
 def run_record_message(message: str, record: dict) -> str:
     """A commit message DataLad's ``rerun`` understands (a RUNCMD record)."""
     body = json.dumps(record, indent=1, sort_keys=True, ensure_ascii=False)
@@ -209,18 +242,21 @@ def compare_session(manifest: dict, plan: SessionPlan) -> list[tuple[str, str, s
     listed), ``untracked`` (listed, not in the dataset). ``plan`` must be
     made with the manifest's own options and names.
     """
-    recorded = {f["path"]: f for f in manifest.get("files", [])
-                if "missing_on_server" not in f}
+    every = {f["path"]: f for f in manifest.get("files", [])}
+    # a file the user removed from the dataset is the user's decision
+    recorded = {p: f for p, f in every.items() if not f.get("removed")}
     listed = {pf.path: pf for pf in plan.files}
     out = []
     for path, entry in sorted(recorded.items()):
         pf = listed.get(path)
         if pf is None:
-            out.append((path, "deleted", "no longer listed by XNAT"))
+            since = entry.get("missing_on_server")
+            out.append((path, "deleted", "no longer listed by XNAT"
+                        + (f" (since {since})" if since else "")))
         elif pf.md5 != entry.get("md5"):
             out.append((path, "modified",
                         f"MD5 {entry.get('md5') or '(none)'} in the dataset, "
                         f"{pf.md5 or '(none)'} on XNAT"))
-    for path in sorted(set(listed) - set(recorded)):
+    for path in sorted(set(listed) - set(every)):
         out.append((path, "untracked", "on XNAT, not in the dataset"))
     return out

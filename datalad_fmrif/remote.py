@@ -416,6 +416,12 @@ class _AnnexLog(logging.Handler):
         try:
             for line in self.format(record).splitlines():
                 self.annex.debug(line)
+        except (OSError, ValueError):
+            # git-annex has gone (a closed pipe, a closed file): at exit,
+            # e.g. a failed logout's debug line, there is nobody to tell,
+            # and logging's "--- Logging error ---" traceback would only
+            # alarm whoever reads stderr
+            pass
         except Exception:  # noqa: BLE001 - logging must never break the protocol
             self.handleError(record)
 

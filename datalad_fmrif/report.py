@@ -62,14 +62,17 @@ def action_words(*, dry_run: bool, no_content: bool) -> tuple[str, str]:
 
 def session_message(session_id: str, *, new: int, new_bytes: int, present: int,
                     excluded: int, excluded_series: Iterable[str] = (),
-                    dry_run: bool = False, no_content: bool = False) -> str:
+                    dry_run: bool = False, no_content: bool = False,
+                    others: Mapping[str, int] | None = None) -> str:
     """One session's line of ``fmrif-download``, e.g. ``session FMRIF_E00001:
     would download 10 new files (40.0 KB), 0 already present, 1 file excluded
-    (series REQUISITION)``."""
+    (series REQUISITION)``; *others* adds counts that are not zero, e.g.
+    ``{"failed": 3}`` as ``, 3 failed``."""
     verb, _ = action_words(dry_run=dry_run, no_content=no_content)
     return (f"session {session_id}: {verb} {plural(new, 'new file')} "
             f"({size_text(new_bytes)}), {present} already present, "
-            + excluded_text(excluded, excluded_series))
+            + excluded_text(excluded, excluded_series)
+            + "".join(f", {n} {label}" for label, n in (others or {}).items() if n))
 
 
 def download_summary(sessions: list[Mapping]) -> str:
@@ -89,7 +92,10 @@ def download_summary(sessions: list[Mapping]) -> str:
             f"{total('files_present')} already present, "
             f"{total('files_changed')} changed on XNAT, "
             f"{total('files_failed')} failed, "
-            f"{excluded_text(total('files_excluded'))}")
+            f"{excluded_text(total('files_excluded'))}"
+            + "".join(f", {plural(total(key), 'file')} {what}" for key, what in (
+                ("files_removed", "removed from the dataset"),
+                ("files_missing_on_server", "no longer on XNAT")) if total(key)))
     return ("Dry run, nothing changed. " + text) if dry_run else text
 
 

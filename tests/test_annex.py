@@ -726,6 +726,8 @@ def test_a_failing_fast_import_is_an_error_and_imports_nothing(ds):
     refs = git(ds, "for-each-ref")
     with pytest.raises(AnnexError, match="git fast-import failed: fatal"):
         annex._fast_import([b"commit refs/fmrif/x/git-annex\n", b"garbage\n"])
+    # its crash report is not left behind (the message has its error)
+    assert not list((Path(ds) / ".git").glob("fast_import_crash_*"))
     # a stream that just ends (a killed run) is no commit either: "done" is missing
     proc = subprocess.run(["git", "fast-import", "--quiet"], cwd=ds, capture_output=True,
                           input=b"feature done\nblob\ndata 1\nx\n")

@@ -73,8 +73,13 @@ def test_download_with_pseudonyms(tmp_path, sb, ds):
     _, record = get_run_info(ds, msg)
     assert record["fmrif"]["server"] == sb.url
     assert record["fmrif"]["counts"]["new"] == len(want)
-    assert record["fmrif"]["subject_list_sha256"] == hashlib.sha256(
-        csv.read_bytes()).hexdigest()
+    # identifies the list by what the dataset shows (pseudonyms), never by
+    # a plain hash of the labels in it
+    assert "subject_list_sha256" not in record["fmrif"]
+    shown = sorted(f"{PROJECT}\tP{i:02d}\t0" for i in range(1, len(subs) + 1))
+    assert record["fmrif"]["subjects_sha256"] == hashlib.sha256(
+        "\n".join(shown).encode()).hexdigest()
+    assert hashlib.sha256(csv.read_bytes()).hexdigest() not in msg
     assert "fmrif-download" in record["cmd"]
 
     # the requests: a bounded number of listings, nothing per file but content
@@ -421,6 +426,14 @@ def test_digest_mismatch_is_caught_and_nothing_bad_committed(tmp_path, sb, ds):
     res = download(ds, sb, csv)
     errors = [r for r in res if r["status"] == "error" and r.get("type") == "file"]
     assert len(errors) == 1
+    # each file counted once: the failed one is not also new
+    counts = next(r for r in res if r.get("xnat_session_id") == session.id
+                  and r.get("type") == "session")
+    assert counts["files_failed"] == 1
+    assert counts["files_new"] == len([f for f in expected_files(sb, subs)
+                                       if f[0] == session.id]) - 1
+    assert f"{counts['files_new']} new" in counts["message"]
+    assert "1 failed" in counts["message"]
     path = errors[0]["path"]
     assert not os.path.lexists(path)  # not added: its content never verified
     assert victim.name not in json.dumps(manifests(ds))
@@ -516,3 +529,157 @@ def test_download_into_an_adjusted_branch(tmp_path, sb, ds):
         assert hashlib.md5(data).hexdigest() == f["md5"]
     assert set(paths) <= set(git(ds, "ls-tree", "-r", "--name-only", "main").split())
     assert_fsck(ds, "--json")
+
+
+def test_counts_and_files_that_leave_xnat_or_the_dataset(tmp_path, sb, ds):
+    """Files XNAT stops listing are reported on every run (and by
+    fmrif-status) until they come back or the user removes them; a file
+    the user removed is reported once and never fetched again; counts
+    count every file once."""
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    download(ds, sb, csv)
+    session = sb.study.sessions(subs[0].id)[0]
+    entries = [f for f in manifests(ds)[session.id]["files"] if f["scan_id"]]
+    gone, kept = entries[0], entries[1]
+    sb.study.rename_file(session.id, gone["scan_id"], gone["name"], "renamed.dcm")
+
+    def session_result(res):
+        return next(r for r in res if r.get("type") == "session"
+                    and r.get("xnat_session_id") == session.id)
+
+    for _ in range(2):  # on every run
+        res = download(ds, sb, csv)
+        assert not [r for r in res if r["status"] in ("error", "impossible")], res
+        said = [r for r in res if r.get("state") == "deleted"]
+        assert [r["path"] for r in said] == [str(ds.pathobj / gone["path"])]
+        assert "no longer listed by XNAT" in said[0]["message"]
+        counts = session_result(res)
+        assert counts["files_missing_on_server"] == 1
+    assert counts["files_new"] == 0
+    status = dl.fmrif_status(dataset=ds.path, result_renderer="disabled",
+                             return_type="list", on_failure="ignore")
+    assert [r["path"] for r in status if r.get("state") == "deleted"] == \
+        [str(ds.pathobj / gone["path"])]
+
+    # back on XNAT: no longer reported, the mark is gone, nothing untracked
+    sb.study.rename_file(session.id, gone["scan_id"], "renamed.dcm", gone["name"])
+    res = download(ds, sb, csv)
+    assert not [r for r in res if r.get("path", "").endswith(gone["path"])
+                and r.get("type") == "file"]
+    entry = next(f for f in manifests(ds)[session.id]["files"]
+                 if f["path"] == gone["path"])
+    assert "missing_on_server" not in entry
+    status = dl.fmrif_status(dataset=ds.path, result_renderer="disabled",
+                             return_type="list", on_failure="ignore")
+    assert not [r for r in status if r.get("path", "").endswith(gone["path"])]
+    # the renamed copy left XNAT in turn; the user lets it go
+    renamed = next(f["path"] for f in manifests(ds)[session.id]["files"]
+                   if f["name"] == "renamed.dcm")
+
+    # removed by the user: reported once, not a failure, not present
+    git(ds, "rm", "-q", kept["path"], renamed)
+    git(ds, "commit", "-q", "-m", "not wanted")
+    sb.clear_requests()
+    res = download(ds, sb, csv)
+    assert not [r for r in res if r["status"] in ("error", "impossible")], res
+    removed = [r for r in res if r.get("state") == "removed"]
+    assert [r["path"] for r in removed] == [str(ds.pathobj / kept["path"])]
+    counts = session_result(res)
+    assert counts["files_removed"] == 1 and counts["files_missing_on_server"] == 0
+    assert counts["files_present"] == len(entries) - 1
+    assert not os.path.lexists(ds.pathobj / kept["path"])
+    assert content_gets(sb) == []
+    res = download(ds, sb, csv)
+    assert not [r for r in res if r.get("state") in ("removed", "deleted")], res
+    assert not [r for r in res if r["status"] in ("error", "impossible")], res
+    assert git(ds, "status", "--porcelain") == ""
+
+
+def test_same_name_in_two_resources_of_a_scan_fails_only_that_file(tmp_path, sb, ds):
+    """XNAT lists a second DICOM resource of a scan with a file of the same
+    name: that path is an error naming both resources; the rest of the
+    session, and the other sessions, are downloaded."""
+    import re
+
+    from datalad_fmrif.sandbox import Fault
+
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    session = sb.study.sessions(subs[0].id)[0]
+    types = {sc.id: sc.type for sc in sb.study.scans(session.id)}
+    victim = next(f for f in sb.study.files(session.id)
+                  if f.scan_id and types[f.scan_id] == "T1w_MPRAGE")
+
+    def with_a_second_resource(body: bytes) -> bytes:
+        doc = json.loads(body)
+        rows = doc["ResultSet"]["Result"]
+        row = next(r for r in rows if r["Name"] == victim.name
+                   and f"/scans/{victim.scan_id}/" in r["URI"])
+        rows.append(dict(row, cat_ID="999999", URI=row["URI"].replace(
+            f"/resources/{victim.resource_id}/", "/resources/999999/")))
+        doc["ResultSet"]["totalRecords"] = str(len(rows))
+        return json.dumps(doc).encode()
+
+    sb.add_fault(Fault("body", path=re.escape(
+        f"/data/experiments/{session.id}/scans/ALL/files") + "$",
+        body=with_a_second_resource, times=None))
+    res = download(ds, sb, csv)
+    errors = [r for r in res if r["status"] in ("error", "impossible")]
+    assert [r["type"] for r in errors] == ["file", "session"], errors
+    assert f"(ID {victim.resource_id})" in errors[0]["message"]
+    assert "(ID 999999)" in errors[0]["message"]
+    assert not os.path.lexists(errors[0]["path"])
+    assert len(annexed_files(ds)) == len(expected_files(sb, subs)) - 1
+    assert git(ds, "status", "--porcelain") == ""
+
+
+def test_identifier_files_inside_the_dataset_are_refused_unless_ignored(tmp_path, sb, ds):
+    """A subject list, a pseudonym file or fmrif-list output inside the
+    dataset would be committed by the next 'datalad save': refused before
+    any request, unless git ignores the file."""
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    inside = ds.pathobj / "processing_data.csv"
+    inside.write_bytes(csv.read_bytes())
+    head = git(ds, "rev-parse", "HEAD")
+    sb.clear_requests()
+    res = download(ds, sb, inside)
+    assert [r["status"] for r in res] == ["impossible"], res
+    assert "git does not ignore it" in res[0]["message"]
+    mapping = ds.pathobj / "pseudonyms.csv"
+    mapping.write_text(f"{subs[0].label},P01\n")
+    plain = tmp_path / "labels.txt"
+    plain.write_text(f"{subs[0].label}\n")
+    res = download(ds, sb, plain, project=PROJECT, pseudonyms=str(mapping))
+    assert [r["status"] for r in res] == ["impossible"], res
+    assert "the pseudonym file" in res[0]["message"]
+    listed = dl.fmrif_list(PROJECT, server=sb.url, output=str(ds.pathobj / "list.csv"),
+                           result_renderer="disabled", on_failure="ignore",
+                           return_type="list")
+    assert [r["status"] for r in listed] == ["impossible"], listed
+    assert not (ds.pathobj / "list.csv").exists()
+    assert sb.requests == []  # refused before anything reached XNAT
+    assert git(ds, "rev-parse", "HEAD") == head
+
+    # ignored by git: taken
+    (ds.pathobj / ".git" / "info" / "exclude").write_text("*.csv\n")
+    res = download(ds, sb, inside)
+    assert not [r for r in res if r["status"] in ("error", "impossible")], res
+    assert "processing_data.csv" not in git(ds, "ls-files")
+
+
+def test_a_remote_whose_set_up_was_interrupted_is_set_up_again(ds):
+    """Ctrl-C during 'git annex initremote' can leave the remote in git
+    config but not in git-annex's remote.log; the next set-up makes it
+    properly under the same name, not a second remote beside it."""
+    from datalad_fmrif.annex import Annex
+    from datalad_fmrif.remote_setup import ensure_remote, fmrif_remotes
+
+    git(ds, "config", "remote.fmrif.annex-externaltype", "fmrif")
+    git(ds, "config", "remote.fmrif.annex-uuid", "5f1c2b4e-0000-4000-8000-000000000000")
+    assert fmrif_remotes(ds.path) == {}
+    name = ensure_remote(Annex(ds.path), "https://xnat.example.invalid")
+    assert name == "fmrif"
+    assert fmrif_remotes(ds.path) == {"https://xnat.example.invalid": "fmrif"}
+    kinds = git(ds, "config", "--get-regexp", r"^remote\..*\.annex-externaltype$")
+    assert kinds.split() == ["remote.fmrif.annex-externaltype", "fmrif"]
+    assert git(ds, "config", "remote.fmrif.annex-uuid").strip() != \
+        "5f1c2b4e-0000-4000-8000-000000000000"

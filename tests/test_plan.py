@@ -457,10 +457,31 @@ def test_collision_two_resources_same_name():
         [Scan("3", "x", "T1")],
         [rfile("3", "a.dcm"), rfile("3", "a.dcm", resource="secondary", resource_id="9")],
     )
-    assert plan(cat, PlanOptions(resources=("DICOM", "secondary"))).problems != ()
+    assert plan(cat, PlanOptions(resources=("DICOM", "secondary"))).conflicts != ()
     opts = PlanOptions(template=DEFAULT_TEMPLATE.replace("{file}", "{resource}/{file}"),
                        resources=("DICOM", "secondary"))
     assert plan(cat, opts).problems == ()
+    assert plan(cat, opts).conflicts == ()
+
+
+def test_same_name_in_two_resources_of_a_scan_is_that_file_s_problem():
+    """Two DICOM resources of one scan with a file of the same name: those
+    files are left out, with a message naming both resources; the rest of
+    the session (its other scans and files) is planned as usual."""
+    cat = catalog(
+        [Scan("3", "x", "T1"), Scan("4", "x", "T2")],
+        [rfile("3", "dup.dcm"), rfile("3", "other.dcm"),
+         rfile("3", "dup.dcm", resource_id="102"), rfile("4", "dup.dcm")],
+    )
+    p = plan(cat)
+    assert p.problems == ()
+    assert paths(p) == ["sub-S01/ses-01/3-T1/other.dcm", "sub-S01/ses-01/4-T2/dup.dcm"]
+    [(path, why)] = p.conflicts
+    assert path == "sub-S01/ses-01/3-T1/dup.dcm"
+    assert "DICOM (ID 101)" in why and "DICOM (ID 102)" in why
+    assert "{resource_id}" in why
+    opts = PlanOptions(template=DEFAULT_TEMPLATE.replace("{file}", "{resource_id}-{file}"))
+    assert plan(cat, opts).conflicts == () and len(plan(cat, opts).files) == 4
 
 
 def test_case_insensitive_collision_is_a_problem():

@@ -628,6 +628,7 @@ def test_disk_full(tmp_path, secret_service, state_dir, full):
             assert all((ds.pathobj / p).exists() for p in committed)  # content is there
             subprocess.run(["git", "fsck", "--no-progress"], cwd=ds.path, check=True,
                            capture_output=True)
+            assert not list((ds.pathobj / ".git").glob("fast_import_crash_*"))
             if full == "transfer-tmp":  # the dataset's own disk had room: all tidy
                 assert git(ds, "status", "--porcelain") == ""
                 assert len(head_files(ds)) == len(wanted(sb, subs)) - len(failures(res))
@@ -688,3 +689,304 @@ def test_long_run_with_sprinkled_faults(tmp_path, secret_service, state_dir, siz
         assert sum(f.hits for f in faults[:7]) >= (5 if size == "small" else 40)
         assert file_gets(sb)  # what broken zips lacked came one by one
         assert_complete(ds, sb, subs)
+
+
+# -- an interrupt at every step of the run ----------------------------------------------------
+
+#: the steps fmrif-download announces at debug level ("fmrif-download phase: NAME")
+PHASES = ("repair", "plan", "remote", "register", "fetch", "discard", "record",
+          "commit-files", "commit-record", "done")
+#: how a run is stopped: the signal, and whom it reaches (Ctrl-C in a terminal
+#: reaches the whole process group; a plain kill or a scheduler, datalad alone)
+STOPS = (("SIGINT", "group"), ("SIGTERM", "datalad"), ("SIGKILL", "group"),
+         ("SIGHUP", "datalad"))
+
+
+def _default_sigint():
+    # a background job of a non-interactive shell starts with SIGINT
+    # ignored, and would test nothing; a terminal's Ctrl-C finds it default
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_download(ds, sb, csv, *args):
+    """fmrif-download at debug level, in a process group of its own, with
+    SIGINT as a terminal leaves it; returns the process and a list that a
+    thread fills with its stderr lines as they come."""
+    proc = subprocess.Popen(
+        [DATALAD, "-l", "debug", "fmrif-download", "-d", ds.path, "--server", sb.url,
+         "-J", "2", *args, str(csv)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, preexec_fn=_default_sigint)
+    lines: list[str] = []
+
+    def drain():
+        for line in proc.stderr:
+            lines.append(line)
+
+    import threading
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    proc.reader = reader
+    return proc, lines
+
+
+def stop(proc, signame: str, whom: str) -> None:
+    sig = getattr(signal, signame)
+    with contextlib.suppress(ProcessLookupError):
+        if whom == "group":
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(proc.pid, sig)
+
+
+def ended(proc, ds) -> str:
+    """The standard output of a run that was stopped (or ran to its end),
+    once it and everything it started have ended: nothing of it may be left
+    running (git-annex children, special remotes), also when only datalad
+    got the signal, and its lock must be free."""
+    try:
+        out = proc.stdout.read()
+        proc.wait(timeout=120)
+        proc.reader.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert _wait_for(lambda: not _group_alive(proc.pid), timeout=60), \
+        _group_commands(proc.pid)
+    assert lock_is_free(ds)
+    return out
+
+
+def lock_is_free(ds) -> bool:
+    import fcntl
+
+    path = ds.pathobj / ".git" / "fmrif" / "download.lock"
+    if not path.exists():
+        return True
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+    return True
+
+
+def assert_as_if_never_interrupted(ds, sb, subs, *, content: bool):
+    """What an uninterrupted run leaves: every wanted file committed and
+    registered on the fmrif remote only (never on git-annex's web remote),
+    one fmrif remote, one run record, both fscks clean, and nothing left
+    over (refs, crash reports, pending records, stray files, locks)."""
+    if content:
+        assert_complete(ds, sb, subs)
+    else:
+        want = {(f.session_id, f.scan_id, f.name) for f in wanted(sb, subs)}
+        got = {(m["session"]["id"], f["scan_id"], f["name"]): f["path"]
+               for m in manifests(ds).values() for f in m["files"]}
+        assert set(got) == want
+        assert head_files(ds) == set(got.values())
+        assert_consistent(ds, content=False)
+    kinds = git(ds, "config", "--get-regexp", r"^remote\..*\.annex-externaltype$")
+    assert kinds.split() == ["remote.fmrif.annex-externaltype", "fmrif"], kinds
+    assert annex_lines(ds, "find", "--in", "web", "--branch", "HEAD") == []
+    assert annex_lines(ds, "find", "--not", "--in", "fmrif", "--branch", "HEAD") == []
+    assert_fsck(ds, "--from", "fmrif", "--fast", "--quiet")
+    records = git(ds, "log", "--format=%H", "--grep", r"^\[DATALAD RUNCMD\]").split()
+    assert len(records) == 1, git(ds, "log", "--format=%s")
+    assert git(ds, "for-each-ref", "refs/fmrif/") == ""
+    gitdir = ds.pathobj / ".git"
+    assert not list(gitdir.glob("fast_import_crash_*"))
+    assert not (gitdir / "fmrif" / "pending-run-record.json").exists()
+    assert not (gitdir / "index.lock").exists()
+    assert lock_is_free(ds)
+
+
+def interrupted_then_rerun(tmp_path, sb, csv, subs, name, *, content, when, signame, whom):
+    """One run stopped at a phase (``when`` a name) or after some seconds
+    (a number), then the same command again; the dataset must end as if
+    nothing had happened. Returns whether the stop met the run."""
+    ds = new_dataset(tmp_path, name)
+    args = () if content else ("--no-content",)
+    proc, lines = start_download(ds, sb, csv, *args)
+    met = False
+    try:
+        if isinstance(when, str):
+            marker = f"fmrif-download phase: {when}"
+            met = _wait_for(lambda: any(marker in line for line in lines)
+                            or proc.poll() is not None, timeout=120) \
+                and proc.poll() is None
+        else:
+            try:
+                proc.wait(timeout=when)
+            except subprocess.TimeoutExpired:
+                met = True
+        if met:
+            stop(proc, signame, whom)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    out = ended(proc, ds)
+    said = out + "".join(lines)
+    # stopped while the download worked (not while Python started, nor after it)
+    working = "fmrif-download phase:" in said and "phase: done" not in said
+    if met and signame != "SIGKILL" and proc.returncode != 0 and working:
+        assert "running the same command again completes" in said, said[-3000:]
+        assert "Unable to create" not in said
+    # the same command again
+    res = download(ds, sb, csv, jobs=2, no_content=not content)
+    assert not [r for r in res if r["status"] in ("error", "impossible")], (when, res)
+    assert_as_if_never_interrupted(ds, sb, subs, content=content)
+    return met
+
+
+def _phase_cases(everything: bool):
+    """(mode, phase, signal, whom): by default every phase in both modes, the
+    stops taking turns; with ``everything``, every stop at every phase."""
+    cases = []
+    for content in (True, False):
+        for phase in PHASES:
+            if phase == "fetch" and not content:
+                continue  # --no-content has no fetch step
+            stops = STOPS if everything else [STOPS[len(cases) % len(STOPS)]]
+            for signame, whom in stops:
+                mode = "content" if content else "no-content"
+                cases.append(pytest.param(content, phase, signame, whom,
+                                          id=f"{mode}-{phase}-{signame}"))
+    return cases
+
+
+@pytest.mark.parametrize("content,phase,signame,whom", _phase_cases(False))
+def test_interrupt_at_a_phase_then_rerun(tmp_path, small, content, phase, signame, whom):
+    """An interrupt right at a step boundary of the run (Ctrl-C to the group,
+    SIGTERM or SIGHUP to datalad alone, SIGKILL to the group), then the same
+    command: the dataset ends exactly as after an uninterrupted run."""
+    csv, subs = pseudonymous_list(tmp_path, small, n=1)
+    met = interrupted_then_rerun(tmp_path, small, csv, subs, "study", content=content,
+                                 when=phase, signame=signame, whom=whom)
+    # the run was still there to be stopped (after its last commit it may
+    # end before the signal comes, on a busy machine)
+    assert met or phase in ("commit-record", "done")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("content,phase,signame,whom", _phase_cases(True))
+def test_interrupt_at_every_phase_with_every_signal(tmp_path, small, content, phase,
+                                                    signame, whom):
+    csv, subs = pseudonymous_list(tmp_path, small, n=1)
+    interrupted_then_rerun(tmp_path, small, csv, subs, "study", content=content,
+                           when=phase, signame=signame, whom=whom)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("content", [True, False])
+def test_interrupt_at_a_sweep_of_times(tmp_path, secret_service, state_dir, content):
+    """Interrupts at 0.1 s steps over the whole run (and its set-up of the
+    remote), each in a fresh dataset, signals and whom they reach in turn."""
+    with sandbox(latency=0.002, bandwidth=200_000) as sb:
+        csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+        met = 0
+        for i in range(40):
+            signame, whom = STOPS[i % len(STOPS)]
+            met += interrupted_then_rerun(
+                tmp_path, sb, csv, subs, f"study{i}", content=content,
+                when=0.3 + 0.1 * i, signame=signame, whom=whom)
+        assert met >= 10
+
+
+def test_two_runs_at_once_do_the_work_once(tmp_path, secret_service, state_dir):
+    """A second run in the same dataset waits for the first, naming it, and
+    then finds nothing left to do: one transfer of each file, one record,
+    and never git's advice to remove index.lock by hand."""
+    # slow streams: the first run is still at work when the second starts
+    with sandbox(latency=0.002, bandwidth=15_000) as sb:
+        # and one zip that keeps it busy longer than a datalad takes to start
+        sb.add_fault(Fault("slow", path=ZIP_PATH, delay=6.0, times=1))
+        csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+        ds = new_dataset(tmp_path)
+        first, first_lines = start_download(ds, sb, csv)
+        assert _wait_for(lambda: any("phase: fetch" in line for line in first_lines))
+        second, second_lines = start_download(ds, sb, csv)
+        for proc in (first, second):
+            proc.stdout.read()
+            assert proc.wait(timeout=300) == 0, "".join(first_lines + second_lines)[-3000:]
+            proc.reader.join(timeout=10)
+        said = "".join(second_lines)
+        assert f"another fmrif-download (process {first.pid}) is working" in said
+        assert "Unable to create" not in said + "".join(first_lines)
+        assert_as_if_never_interrupted(ds, sb, subs, content=True)
+        # each file came once (in a zip, or on its own)
+        names = [r.path for r in content_gets_of(sb)]
+        assert len(names) == len(set(names))
+
+
+def content_gets_of(sb):
+    from helpers import content_gets
+
+    return [r for r in content_gets(sb) if r.status in (200, 206)]
+
+
+def test_the_remote_is_quiet_when_git_annex_has_gone(capfd):
+    """A special-remote process logs a failed logout at exit, when git-annex
+    no longer reads its protocol: no "--- Logging error ---" traceback."""
+    import logging
+
+    from annexremote import Master
+
+    from datalad_fmrif.remote import _AnnexLog
+
+    read, write = os.pipe()
+    os.close(read)  # git-annex has gone
+    master = Master(os.fdopen(write, "w"))
+    log = logging.getLogger("datalad.fmrif.test-remote-exit")
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    handler = _AnnexLog(master)
+    log.addHandler(handler)
+    try:
+        log.debug("logout from %s failed: %s", "https://xnat.invalid", "ConnectionError")
+    finally:
+        log.removeHandler(handler)
+    assert "Logging error" not in capfd.readouterr().err
+
+
+def _group_commands(pgid: int) -> list[str]:
+    """Command lines of the live processes of a process group."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_sigterm_to_datalad_alone_stops_the_special_remotes(tmp_path, secret_service,
+                                                            state_dir, signame):
+    """A plain kill (or a closed terminal) reaches datalad only, while
+    git-annex fetches files through special-remote processes: all of them
+    end, no lock is held, and the same command completes the dataset."""
+    with sandbox(latency=0.002, bandwidth=20_000) as sb:
+        break_zips(sb)  # every file through the special remote
+        csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+        ds = new_dataset(tmp_path)
+        proc, lines = start_download(ds, sb, csv)
+        try:
+            # fetching (the remote also runs while it is set up, earlier)
+            assert _wait_for(lambda: any("phase: fetch" in line for line in lines)
+                             and any("git-annex-remote-fmrif" in c
+                                     for c in _group_commands(proc.pid))
+                             or proc.poll() is not None, timeout=120)
+            assert proc.poll() is None, "".join(lines)[-3000:]
+            stop(proc, signame, "datalad")
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        out = ended(proc, ds)
+        assert "running the same command again completes" in out + "".join(lines)
+        sb.clear_faults()
+        res = download(ds, sb, csv, jobs=2)
+        assert not [r for r in res if r["status"] in ("error", "impossible")], res
+        assert_as_if_never_interrupted(ds, sb, subs, content=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import sys
@@ -27,9 +28,11 @@ from datalad_next.constraints import (
 from ..annex import AnnexError
 from ..credentials import CredentialError
 from ..download import ACTION, Download, DownloadOptions
+from ..inputs import CommittableInput, refuse_if_committable
 from ..plan import DEFAULT_EXCLUDE_SERIES, DEFAULT_TEMPLATE, PlanError, PlanOptions
 from ..remote_setup import RemoteSetupError
 from ..report import download_summary
+from ..runguard import dataset_lock, signals_interrupt
 from ..subjects import (
     SubjectListError,
     apply_pseudonyms,
@@ -70,6 +73,10 @@ class FmrifDownload(ValidatedInterface):
     (MRNs, names) never enter the dataset unless --keep-labels says so:
     give pseudonyms instead. Series that carry burned-in identifying text
     (REQUISITION, SCREEN-SAVE, SAVE) are excluded by default.
+
+    One download works in a dataset at a time; a second one waits for it.
+    A run that is interrupted (Ctrl-C, kill, a full disk) leaves nothing
+    half-done committed, and the same command again completes it.
     """
 
     _validator_ = EnsureCommandParameterization(dict(
@@ -131,9 +138,12 @@ class FmrifDownload(ValidatedInterface):
         pseudonyms=Parameter(
             args=("--pseudonyms",),
             metavar="FILE",
-            doc="""file of 'label,pseudonym' lines (keep it outside the
-            dataset): the pseudonym names the subject in the dataset, and
-            sessions are named 01, 02, ... in acquisition order."""),
+            doc="""file of 'label,pseudonym' lines: the pseudonym names the
+            subject in the dataset, and sessions are named 01, 02, ... in
+            acquisition order. Keep it outside the dataset: a file inside
+            a dataset that git does not ignore is refused (it would be
+            committed by the next 'datalad save'); so is such a SUBJECTS
+            file."""),
         keep_labels=Parameter(
             args=("--keep-labels",),
             action="store_true",
@@ -214,6 +224,14 @@ class FmrifDownload(ValidatedInterface):
         if pseudonyms and keep_labels:
             yield failed("--pseudonyms and --keep-labels exclude each other")
             return
+        try:
+            for given, what in ((subjects, "the subject list"),
+                                (pseudonyms, "the pseudonym file")):
+                if given and given != "-":
+                    refuse_if_committable(given, what)
+        except CommittableInput as e:
+            yield failed(str(e))
+            return
         options = PlanOptions(
             template=path, include_series=include_series or None,
             exclude_series=exclude_series or None,
@@ -253,10 +271,18 @@ class FmrifDownload(ValidatedInterface):
                                   path, pseudonyms, keep_labels, include_series,
                                   exclude_series, resource, no_content, jobs))
         try:
-            with xnat:
+            # one run at a time in a dataset; a dry run changes nothing
+            held = contextlib.nullcontext() if dry_run else dataset_lock(ds.pathobj)
+            with signals_interrupt(), held, xnat:
                 yield from Download(ds, subject_list, opts, xnat).run()
         except (XnatError, RemoteSetupError, AnnexError) as e:
             yield failed(str(e), status="error")
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (Interrupted)
+            signame = getattr(e, "signame", "SIGINT")
+            yield failed(f"fmrif-download was interrupted ({signame}). The dataset "
+                         "is consistent: every committed file is whole, and running "
+                         "the same command again completes the download.",
+                         status="error")
 
     @staticmethod
     def custom_result_summary_renderer(results):

@@ -39,6 +39,7 @@ from datalad_next.constraints import (
 from ..credentials import (
     CredentialError,
 )
+from ..inputs import CommittableInput, refuse_if_committable
 from ..xnat.catalog import project_sessions, project_subjects, session_files
 from ..xnat.errors import AccessDenied, NotFound, XnatError
 from ..xnat.session import XnatSession
@@ -237,7 +238,8 @@ class FmrifList(ValidatedInterface):
     Subject labels are MRNs or names, session labels accession numbers: the
     output identifies study participants. A FILE is created readable by its
     owner only (mode 600) and an existing one is never overwritten; keep it
-    out of any dataset (or in .gitignore), and take care where standard
+    out of any dataset (a FILE inside a dataset that git does not ignore
+    is refused), and take care where standard
     output goes. With '-f json' every row is a result record (type 'subject'
     or 'session') with these fields and the XNAT accession IDs.
     """
@@ -323,6 +325,11 @@ class FmrifList(ValidatedInterface):
                     message=f"{output} exists; it is not overwritten (a subject "
                     "list is never replaced by accident). Remove it or choose "
                     "another file")
+                return
+            try:
+                refuse_if_committable(output, "the output file")
+            except CommittableInput as e:
+                yield failed(str(e), path=output)
                 return
         try:
             xnat = xnat_session(command_config(dataset), server, credential)

@@ -147,7 +147,7 @@ class FmrifStatus(ValidatedInterface):
         try:
             with xnat:
                 yield from _check(xnat, manifests, every, prefixes, result,
-                                  failures.load(root))
+                                  failures.load(root), root)
         except XnatError as e:
             yield result("error", str(e), type="dataset")
 
@@ -224,7 +224,8 @@ def _under(path: str, prefixes: list[str] | None) -> bool:
     return any(path == p or path.startswith(p + "/") or p == "." for p in prefixes)
 
 
-def _check(xnat, manifests: dict, every: dict, prefixes, result, failed: dict):
+def _check(xnat, manifests: dict, every: dict, prefixes, result, failed: dict,
+           root: Path):
     """Check the sessions of *manifests* (those the paths selected); sessions
     on XNAT that *every* manifest of the dataset lacks are untracked, and
     reported when their folder is under the paths (*prefixes*)."""
@@ -264,19 +265,24 @@ def _check(xnat, manifests: dict, every: dict, prefixes, result, failed: dict):
                              where=_folder(m), state="deleted", xnat_session_id=sid)
                 continue
             try:
-                yield from _check_session(xnat, m, listed[sid], result, failed)
+                yield from _check_session(xnat, m, listed[sid], result, failed, root)
             except AccessDenied as e:  # e.g. a session no longer readable
                 yield result("error", str(e), where=_folder(m), xnat_session_id=sid)
 
 
-def _check_session(xnat, manifest: dict, session: Session, result, failed: dict):
+def _check_session(xnat, manifest: dict, session: Session, result, failed: dict,
+                   root: Path):
     options = options_from_record(manifest["options"])
     resources = [r for r in options.resources if r != "DICOM"]
     catalog = session_catalog(xnat, session, resources)
     plan = plan_session(catalog, subject=manifest["subject"]["name"],
                         session=manifest["session"]["name"],
                         project=manifest["project"], options=options)
-    differences = compare_session(manifest, plan)
+    # a file XNAT no longer lists is reported until the user takes it out
+    # of the dataset (or it comes back)
+    differences = [(path, state, detail) for path, state, detail
+                   in compare_session(manifest, plan)
+                   if state != "deleted" or os.path.lexists(root / path)]
     for path, state, detail in differences:
         if state == "untracked" and path in failed:
             # e.g. a stale catalog: the last download said why
