@@ -8,6 +8,7 @@ how the content came: per file or per resource zip.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -190,3 +191,71 @@ def test_testremote_read_only(got):
     result = annex(ds, "testremote", "fmrif", f"--test-readonly={entries[0]['path']}",
                    check=False, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+# -- the rule and the bound, in this process (the remote's own object) ----------
+
+
+def _zips_of(ds, sb):
+    from datalad_fmrif.remote_zip import ResourceZips
+
+    return ResourceZips(sb.url, Path(ds.path) / ".git")
+
+
+def _ask(zips, xnat, entry, dest):
+    path = entry["url"].partition("/data/")[2]
+    key = os.path.basename(os.readlink(Path(zips.gitdir).parent / entry["path"]))
+    return zips.retrieve(key, ["/data/" + path], dest, lambda: xnat)
+
+
+@pytest.fixture
+def xnat(sb, tmp_path):
+    from datalad_fmrif.credentials import Credential, Rejections
+    from datalad_fmrif.xnat.session import XnatSession
+
+    cred = Credential("sandbox", sb.user, sb.password, "environment")
+    with XnatSession(sb.url, cred, rejections=Rejections(tmp_path / "rejected")) as session:
+        yield session
+
+
+def test_missing_here_follows_the_manifest_and_the_annex(got, sb):
+    ds = got
+    where, entries = scan_dir(ds)
+    zips = _zips_of(ds, sb)
+    folder = entries[0]["url"][len(sb.url):].partition("/files/")[0]
+    assert {f.path for f in zips.missing_here(folder)} == {e["path"] for e in entries}
+    annex(ds, "get", entries[0]["path"])
+    assert {f.path for f in zips.missing_here(folder)} == {e["path"] for e in entries[1:]}
+
+
+def test_the_second_key_takes_the_zip_the_rest_come_from_the_cache(got, sb, xnat, tmp_path):
+    ds = got
+    _where, entries = scan_dir(ds)
+    zips = _zips_of(ds, sb)
+    try:
+        assert not _ask(zips, xnat, entries[0], tmp_path / "0")  # the first: alone
+        assert zip_gets(sb) == []
+        for i, entry in enumerate(entries[1:], 1):
+            assert _ask(zips, xnat, entry, tmp_path / str(i))
+            assert hashlib.md5((tmp_path / str(i)).read_bytes()).hexdigest() == entry["md5"]
+        assert len(zip_gets(sb)) == 1
+    finally:
+        zips.close()
+    assert no_cache_left(ds)
+
+
+def test_a_zip_that_would_overfill_the_cache_is_not_taken(got, sb, xnat, tmp_path,
+                                                          monkeypatch):
+    from datalad_fmrif import remote_zip
+
+    ds = got
+    _where, entries = scan_dir(ds)
+    monkeypatch.setattr(remote_zip, "MAX_CACHE_BYTES", sum(e["size"] for e in entries) - 1)
+    zips = _zips_of(ds, sb)
+    try:
+        assert not _ask(zips, xnat, entries[0], tmp_path / "0")
+        assert not _ask(zips, xnat, entries[1], tmp_path / "1")
+        assert zip_gets(sb) == []
+    finally:
+        zips.close()
+    assert no_cache_left(ds)
