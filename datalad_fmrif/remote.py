@@ -292,16 +292,19 @@ class FmrifRemote(SpecialRemote):
 
         if self._zips is None:
             self._zips = ResourceZips(self.server, self.annex.getgitdir())
-        with self._errors():
+        in_a_row = self._failures_in_a_row
+        with self._errors():  # a rejected credential during a zip is final
             try:
                 served = self._zips.retrieve(key, [self._path(u) for u in urls],
                                              filename, self._xnat)
             except OSError as e:  # the cache, not XNAT: the file alone will do
                 lgr.debug("zip cache: %s; fetching %s on its own", e, key)
-                return False
-        if served:
-            self.annex.progress(os.path.getsize(filename))
-        return served
+                served = False
+        if not served:  # the file's own request counts, not this
+            self._failures_in_a_row = in_a_row
+            return False
+        self.annex.progress(os.path.getsize(filename))
+        return True
 
     def checkpresent(self, key):
         """Whether XNAT still holds this very content.

@@ -253,3 +253,22 @@ def test_a_zip_that_would_overfill_the_cache_is_not_taken(got, sb, xnat, tmp_pat
     finally:
         zips.close()
     assert no_cache_left(ds)
+
+
+def test_the_zip_path_leaves_the_count_of_failed_requests_alone(tmp_path):
+    """A key that goes to its own request after the zip path looked at it
+    must not reset the count that makes the remote give up on a failing
+    server (remote.GIVE_UP_AFTER)."""
+    from datalad_fmrif.remote import FmrifRemote
+    from datalad_fmrif.remote_zip import ResourceZips
+
+    remote = FmrifRemote(annex=None)
+    remote._server = "http://127.0.0.1:9"
+    remote._zips = ResourceZips(remote._server, tmp_path / ".git")
+    remote._failures_in_a_row = 2
+    url = remote._server + "/data/experiments/E1/scans/1/resources/1/files/a.dcm"
+    try:
+        assert not remote._from_zip("MD5E-s1--" + "0" * 32 + ".dcm", [url], tmp_path / "a")
+    finally:
+        remote._zips.close()
+    assert remote._failures_in_a_row == 2
