@@ -10,6 +10,8 @@ default) with a study and measures, interleaved round by round
 
 limit         one zip per session (curl, 4 at a time), unzip, one
               `git annex add`, commit: the irreducible work on this machine
+wire          the zip of every scan resource fmrif-download takes (curl, 4
+              at a time) to /dev/null: the transfer alone
 tutorial      the FMRIF tutorial: xnatpy `subject.download_dir()` per label,
               then `datalad save`
 datalad-xnat  `datalad xnat-init` + `datalad xnat-update` (0.2.1, own venv)
@@ -106,6 +108,7 @@ def spec_for(subjects, sessions, scans, files, file_size) -> StudySpec:
 class StudyFacts:
     subjects: list  # sandbox Subject records of the main project
     sessions: list  # {"id", "scans": [scan IDs fmrif-download takes]}
+    zips: list  # server paths of the scan resources fmrif-download takes
     files: int  # files fmrif-download takes
     bytes: int
 
@@ -120,16 +123,18 @@ def study_facts(sb: Sandbox) -> StudyFacts:
     study._content_cache = ByteLRU(int(sum(f.size for f in every) * 1.1) + (64 << 20))
     for f in every:
         f.md5  # noqa: B018 - generates and caches the bytes
-    sessions, n, size = [], 0, 0
+    sessions, zips, n, size = [], [], 0, 0
     for s in subjects:
         for e in study.sessions(s.id):
             scans = [sc.id for sc in study.scans(e.id) if sc.type not in EXCLUDED]
             sessions.append({"id": e.id, "scans": scans})
             for sc in scans:
+                zips += [f"/data/experiments/{e.id}/scans/{sc}/resources/{r.id}"
+                         for r in study.scan_resources(e.id, sc)]
                 for f in study.scan_files(e.id, sc):
                     n += 1
                     size += f.size
-    return StudyFacts(subjects, sessions, n, size)
+    return StudyFacts(subjects, sessions, zips, n, size)
 
 
 # ====================================================================== measuring one run
@@ -384,6 +389,8 @@ def main_rounds(bench: Bench, sb: Sandbox, facts: StudyFacts, inputs: dict) -> l
             timeout = None
             if kind == "limit":
                 args.update(sessions=facts.sessions, jobs=o.jobs)
+            elif kind == "wire":
+                args.update(zips=facts.zips, jobs=o.jobs)
             elif kind == "tutorial":
                 args.update(labels=inputs["labels"], xnat_file=inputs["xnat_file"])
             elif kind == "datalad-xnat":
@@ -569,7 +576,7 @@ def summarize(runs: list[Run]) -> dict:
 # ways measured on the main study, for which a ratio to the limit means something
 def _main_study(way: str) -> bool:
     return way.split("@")[0].removesuffix("-rerun") in (
-        "limit", "tutorial", "datalad-xnat", "fmrif", "fmrif-nc")
+        "limit", "wire", "tutorial", "datalad-xnat", "fmrif", "fmrif-nc")
 
 
 def shown(value: float, limit: float) -> float:
@@ -630,11 +637,15 @@ def targets(summary: dict, opts) -> list[dict]:
                 q["file"] + q["zip"] == 0)
     if med("get-session") and med("curl-session"):
         r = med("get-session") / med("curl-session")
-        add("get-session / curl-session", shown(r, 1.5), "<= 1.5", r <= 1.5)
-        if med("get-floor"):  # not a target: the least any special remote can take
-            f = med("get-floor") / med("curl-session")
-            add("  (get-floor / curl-session: any external special remote)",
-                shown(f, 1.5), "<= 1.5", f <= 1.5)
+        add("get-session / curl-session", shown(r, 1.0), "<= 1.0", r <= 1.0)
+        if med("get-floor"):
+            f = med("get-session") / med("get-floor")
+            add("get-session / get-floor (the least any external special remote takes)",
+                shown(f, 1.2), "<= 1.2", f <= 1.2)
+    if med("wire") and med("fmrif"):  # not a target: how far above the transfer alone
+        w = med("fmrif") / med("wire")
+        add("  (fmrif / wire: fmrif-download against the transfer alone)", round(w, 2),
+            "-", None)
     per = {int(k[6:]): v["median_s"] / int(k[6:]) for k, v in summary.items()
            if k.startswith("scale-") and v.get("ok")}
     if len(per) >= 2:
@@ -718,7 +729,7 @@ def parse(argv=None):
                         "a lower bound (default 300; 0: no limit)")
     p.add_argument("--latency", type=float, default=0.02, help="seconds per request (0.02)")
     p.add_argument("--jobs", type=int, default=4, help="parallel streams of limit, get and curl")
-    p.add_argument("--ways", default="limit,tutorial,datalad-xnat,fmrif,fmrif-nc",
+    p.add_argument("--ways", default="limit,wire,tutorial,datalad-xnat,fmrif,fmrif-nc",
                    help="comma-separated subset of the ways")
     p.add_argument("--extras", default="rerun,get,scale,memory",
                    help="comma-separated: rerun,get,scale,memory (or 'none')")

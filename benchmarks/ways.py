@@ -192,6 +192,24 @@ def curl_files(a: dict) -> dict:
     return {"files": n}
 
 
+def wire(a: dict) -> dict:
+    """The zip of every scan resource fmrif-download takes, by curl with N
+    parallel keep-alive connections, to /dev/null: the transfer alone, the
+    floor under anything that brings the study over the wire."""
+    jsid = curl_login(a["url"], a["user"], a["password"])
+    config = Path(a["dataset"]) / "curl.cfg"
+    with open(config, "w") as fh:
+        fh.writelines(f'url = "{a["url"]}{folder}/files?format=zip"\noutput = "/dev/null"\n'
+                      for folder in a["zips"])
+    proc = sh(["curl", "-sS", "--fail", "--parallel", "--parallel-max", str(a.get("jobs", 4)),
+               "-b", f"JSESSIONID={jsid}", "-K", str(config), "-w", "%{size_download}\n"])
+    config.unlink()
+    sizes = [int(n) for n in proc.stdout.split() if n.isdigit()]
+    if len(sizes) != len(a["zips"]) or not all(sizes):
+        raise WayFailed(f"curl fetched {len(sizes)} of {len(a['zips'])} zips")
+    return {"zips": len(sizes), "bytes": sum(sizes)}
+
+
 def _env(a: dict) -> dict | None:
     """A variant of datalad-fmrif (another checkout) on PYTHONPATH, if given:
     it then also provides the special remote and the DataLad extension."""
@@ -222,7 +240,7 @@ def _json_lines(text: str) -> list[dict]:
 
 
 WAYS = {"limit": limit, "tutorial": tutorial, "datalad-xnat": datalad_xnat,
-        "fmrif": fmrif, "get": get, "curl": curl_files}
+        "fmrif": fmrif, "get": get, "curl": curl_files, "wire": wire}
 
 
 def main() -> int:

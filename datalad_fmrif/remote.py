@@ -72,6 +72,10 @@ _FATAL = (CredentialRejected, CredentialError, TlsError, NotXnat, ServerUnreacha
 
 GIVE_UP_AFTER = 3
 
+# git-annex's costs (Config/Cost.hs): cheap 100 (a local clone), semi-cheap
+# 110, expensive 200 (ssh clones, RIA stores, the web), very expensive 1000
+XNAT_COST = 250
+
 _KEY = re.compile(r"^(?P<backend>[A-Za-z0-9_]+)(?P<fields>(?:-[A-Za-z][0-9]+)*)--(?P<name>.+)$")
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 
@@ -131,6 +135,7 @@ class FmrifRemote(SpecialRemote):
         self._fatal: str | None = None
         self._failures_in_a_row = 0
         self._listings: dict[str, dict[str, dict]] = {}
+        self._zips = None  # ResourceZips, made on the first transfer
 
     # -- set-up ----------------------------------------------------------------
     #
@@ -301,6 +306,8 @@ class FmrifRemote(SpecialRemote):
         urls = self._urls(key)
         if not urls:
             raise RemoteError(f"no URL on {self.server} is recorded for {key}")
+        if self._from_zip(key, urls, filename):
+            return
         failures = []
         for url in urls:
             with self._errors():
@@ -311,6 +318,27 @@ class FmrifRemote(SpecialRemote):
                 except (NotFound, AccessDenied) as e:
                     failures.append(one_line(str(e)))  # another URL may have it
         raise RemoteError("; ".join(failures))
+
+    def _from_zip(self, key, urls, filename) -> bool:
+        """Serve ``key`` from a zip of its scan resource when that pays
+        (:mod:`datalad_fmrif.remote_zip`); False: fetch it on its own."""
+        from .remote_zip import ResourceZips
+
+        if self._zips is None:
+            self._zips = ResourceZips(self.server, self.annex.getgitdir())
+        in_a_row = self._failures_in_a_row
+        with self._errors():  # a rejected credential during a zip is final
+            try:
+                served = self._zips.retrieve(key, [self._path(u) for u in urls],
+                                             filename, self._xnat)
+            except OSError as e:  # the cache, not XNAT: the file alone will do
+                lgr.debug("zip cache: %s; fetching %s on its own", e, key)
+                served = False
+        if not served:  # the file's own request counts, not this
+            self._failures_in_a_row = in_a_row
+            return False
+        self.annex.progress(os.path.getsize(filename))
+        return True
 
     def checkpresent(self, key):
         """Whether XNAT still holds this very content.
@@ -387,9 +415,21 @@ class FmrifRemote(SpecialRemote):
 
     def close(self) -> None:
         """Log out, so that XNAT does not keep the session until it times out."""
+        if self._zips is not None:
+            self._zips.close()
         if self._session is not None:
             self._session.close()
             self._session = None
+
+    def getcost(self):
+        """Every file comes over the network from a server that spends tens of
+        milliseconds on each request: dearer than git-annex's "expensive"
+        remotes (200: ssh clones, RIA stores), so that git-annex tries a
+        local clone or a RIA store holding the content first."""
+        return XNAT_COST
+
+    def getavailability(self):
+        return "global"
 
     def transfer_store(self, key, filename):
         raise RemoteError(READ_ONLY)
