@@ -30,6 +30,7 @@ from ..download import ACTION, Download, DownloadOptions
 from ..plan import DEFAULT_EXCLUDE_SERIES, DEFAULT_TEMPLATE, PlanError, PlanOptions
 from ..remote_setup import RemoteSetupError
 from ..report import download_summary
+from ..subdatasets import LayoutError, SubdatasetDownload, check_layout, inner_template
 from ..subjects import (
     SubjectListError,
     apply_pseudonyms,
@@ -88,6 +89,7 @@ class FmrifDownload(ValidatedInterface):
         jobs=EnsureInt() & EnsureRange(min=1, max=32),
         dry_run=EnsureBool(),
         message=EnsureStr(),
+        subdatasets=EnsureBool(),
     ))
 
     _params_ = dict(
@@ -175,6 +177,15 @@ class FmrifDownload(ValidatedInterface):
             metavar="MESSAGE",
             doc="""commit message; the machine-readable record is added to
             it. Do not put labels here when using pseudonyms."""),
+        subdatasets=Parameter(
+            args=("--subdatasets",),
+            action="store_true",
+            doc="""put each subject in a DataLad subdataset of its own,
+            sub-NAME/ (for protocols of many subjects: one dataset slows
+            down past ~100k files). Each subdataset has its own fmrif
+            remote, manifests and run record; the superdataset gets one
+            commit naming the subjects that changed. A dataset keeps the
+            layout of its first download: switching is refused."""),
     )
 
     _examples_ = [
@@ -188,6 +199,8 @@ class FmrifDownload(ValidatedInterface):
         {"text": "Register only (no content), fetch one subject later",
          "code_cmd": "datalad fmrif-download --no-content subjects.csv && "
                      "datalad get sub-P01"},
+        {"text": "A whole protocol, each subject in its own subdataset",
+         "code_cmd": "datalad fmrif-download --subdatasets processing_data.csv"},
     ]
 
     @staticmethod
@@ -197,7 +210,8 @@ class FmrifDownload(ValidatedInterface):
                  credential=None, path=DEFAULT_TEMPLATE, pseudonyms=None,
                  keep_labels=False, include_series=None,
                  exclude_series=DEFAULT_EXCLUDE_SERIES, resource=None,
-                 no_content=False, jobs=4, dry_run=False, message=None):
+                 no_content=False, jobs=4, dry_run=False, message=None,
+                 subdatasets=False):
         try:
             ds = dataset.ds if dataset else dataset_here("download XNAT data into")
         except NotInDataset as e:
@@ -217,8 +231,11 @@ class FmrifDownload(ValidatedInterface):
             resources=tuple(resource or ("DICOM",)))
         try:
             options.validate()
+            check_layout(ds, subdatasets)
+            if subdatasets:
+                inner_template(path)
             subject_list = _read_subjects(subjects, project, pseudonyms)
-        except (PlanError, SubjectListError, OSError) as e:
+        except (PlanError, SubjectListError, LayoutError, OSError) as e:
             yield failed(str(e))
             return
         pseudonymous = any(r.pseudonym for r in subject_list.requests)
@@ -248,10 +265,12 @@ class FmrifDownload(ValidatedInterface):
             message=message, credential=credential,
             command=_command_line(ds, subjects, server, project, credential,
                                   path, pseudonyms, keep_labels, include_series,
-                                  exclude_series, resource, no_content, jobs))
+                                  exclude_series, resource, no_content, jobs,
+                                  subdatasets))
+        run = SubdatasetDownload if subdatasets else Download
         try:
             with xnat:
-                yield from Download(ds, subject_list, opts, xnat).run()
+                yield from run(ds, subject_list, opts, xnat).run()
         except (XnatError, RemoteSetupError, AnnexError) as e:
             yield failed(str(e), status="error")
 
@@ -280,7 +299,7 @@ def _read_subjects(subjects: str, project, pseudonyms):
 
 def _command_line(ds, subjects, server, project, credential, path, pseudonyms,
                   keep_labels, include_series, exclude_series, resource,
-                  no_content, jobs) -> str:
+                  no_content, jobs, subdatasets=False) -> str:
     """The command that ``datalad rerun`` runs again, from the dataset root."""
     def where(p):
         if p == "-":
@@ -312,5 +331,7 @@ def _command_line(ds, subjects, server, project, credential, path, pseudonyms,
         argv.append("--no-content")
     if jobs != 4:
         argv += ["-J", str(jobs)]
+    if subdatasets:
+        argv.append("--subdatasets")
     argv.append(where(subjects))
     return shlex.join(argv)
