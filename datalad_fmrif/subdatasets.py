@@ -101,6 +101,12 @@ def subject_dataset(path: Path):
     superdataset's one commit does that) if it is not there yet."""
     from datalad.distribution.dataset import Dataset
 
+    from datalad.utils import rmtree
+
+    if path.is_dir() and head(path) is None and {
+            p.name for p in path.iterdir()} <= {".git", ".datalad", ".gitattributes"}:
+        # half made by a run killed while creating it: nothing of it is saved
+        rmtree(str(path))
     sub = Dataset(str(path))
     if not sub.is_installed():
         sub.create(result_renderer="disabled", return_type="list")

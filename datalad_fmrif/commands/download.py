@@ -30,6 +30,8 @@ from ..download import ACTION, Download, DownloadOptions
 from ..plan import DEFAULT_EXCLUDE_SERIES, DEFAULT_TEMPLATE, PlanError, PlanOptions
 from ..remote_setup import RemoteSetupError
 from ..report import download_summary
+from ..credentials import resolve_server
+from ..slurm import DEFAULT_MAX_RUNNING, DEFAULT_SUBJECTS_PER_TASK, schedule
 from ..subdatasets import LayoutError, SubdatasetDownload, check_layout, inner_template
 from ..subjects import (
     SubjectListError,
@@ -90,6 +92,10 @@ class FmrifDownload(ValidatedInterface):
         dry_run=EnsureBool(),
         message=EnsureStr(),
         subdatasets=EnsureBool(),
+        slurm=EnsureBool(),
+        subjects_per_task=EnsureInt() & EnsureRange(min=1),
+        max_running=EnsureInt() & EnsureRange(min=1, max=64),
+        sbatch_option=EnsureListOf(EnsureStr(min_len=1)),
     ))
 
     _params_ = dict(
@@ -186,6 +192,34 @@ class FmrifDownload(ValidatedInterface):
             remote, manifests and run record; the superdataset gets one
             commit naming the subjects that changed. A dataset keeps the
             layout of its first download: switching is refused."""),
+        slurm=Parameter(
+            args=("--slurm",),
+            action="store_true",
+            doc="""download with a Slurm job array instead of here (implies
+            --subdatasets; run it on the login node): the list is split into
+            tasks of --subjects-per-task subjects, written with a job script
+            and a Biowulf swarm file to .git/fmrif-slurm/, and submitted with
+            sbatch. Each task fills its subjects' subdatasets in a clone on
+            node-local scratch and pushes them back; it logs in with the
+            alias token of 'datalad fmrif-login --token', never the
+            password. Afterwards 'datalad fmrif-finish' registers them in
+            one commit. With --dry-run: write the files, submit nothing."""),
+        subjects_per_task=Parameter(
+            args=("--subjects-per-task",),
+            metavar="K",
+            doc="""with --slurm: subjects per task of the job array."""),
+        max_running=Parameter(
+            args=("--max-running",),
+            metavar="M",
+            doc="""with --slurm: tasks that run (and download from XNAT) at
+            once, sbatch --array=...%%M; the default is polite to XNAT."""),
+        sbatch_option=Parameter(
+            args=("--sbatch-option",),
+            action="append",
+            metavar="OPTION",
+            doc="""with --slurm: an option for the job script's #SBATCH
+            lines, e.g. --time=8:00:00 or --gres=lscratch:50; repeat for
+            several."""),
     )
 
     _examples_ = [
@@ -201,6 +235,11 @@ class FmrifDownload(ValidatedInterface):
                      "datalad get sub-P01"},
         {"text": "A whole protocol, each subject in its own subdataset",
          "code_cmd": "datalad fmrif-download --subdatasets processing_data.csv"},
+        {"text": "The same with a Slurm job array of 10 subjects per task, 4 at "
+                 "once (on Biowulf's login node, after 'datalad fmrif-login "
+                 "--token'); 'datalad fmrif-finish' when it has ended",
+         "code_cmd": "datalad fmrif-download --slurm --subjects-per-task 10 "
+                     "--sbatch-option=--gres=lscratch:20 processing_data.csv"},
     ]
 
     @staticmethod
@@ -211,7 +250,9 @@ class FmrifDownload(ValidatedInterface):
                  keep_labels=False, include_series=None,
                  exclude_series=DEFAULT_EXCLUDE_SERIES, resource=None,
                  no_content=False, jobs=4, dry_run=False, message=None,
-                 subdatasets=False):
+                 subdatasets=False, slurm=False,
+                 subjects_per_task=DEFAULT_SUBJECTS_PER_TASK,
+                 max_running=DEFAULT_MAX_RUNNING, sbatch_option=None):
         try:
             ds = dataset.ds if dataset else dataset_here("download XNAT data into")
         except NotInDataset as e:
@@ -222,6 +263,7 @@ class FmrifDownload(ValidatedInterface):
             return {"action": ACTION, "status": status, "message": msg,
                     "path": ds.path, "type": "dataset", "refds": ds.path}
 
+        subdatasets = subdatasets or slurm
         if pseudonyms and keep_labels:
             yield failed("--pseudonyms and --keep-labels exclude each other")
             return
@@ -253,6 +295,24 @@ class FmrifDownload(ValidatedInterface):
             return
         for note in subject_list.notes:
             lgr.info("%s", note)
+        if slurm:
+            # the login node needs no password: the tasks use a token
+            try:
+                server_url = resolve_server(server, ds.config)
+            except CredentialError as e:
+                yield failed(str(e))
+                return
+            opts = DownloadOptions(
+                server=server_url, plan=options, keep_labels=keep_labels,
+                no_content=no_content, jobs=jobs, dry_run=dry_run,
+                command=_command_line(ds, subjects, server, project, credential,
+                                      path, pseudonyms, keep_labels, include_series,
+                                      exclude_series, resource, no_content, jobs,
+                                      True))
+            yield from schedule(ds, subject_list, opts, credential=credential,
+                                per_task=subjects_per_task, max_running=max_running,
+                                sbatch_options=list(sbatch_option or ()))
+            return
 
         try:
             xnat = xnat_session(ds.config, server, credential)
