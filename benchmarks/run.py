@@ -486,6 +486,66 @@ def scale(bench: Bench) -> list[Run]:
     return runs
 
 
+def subdatasets(bench: Bench) -> list[Run]:
+    """The scale test with --subdatasets: 10, 100, 1,000 subjects (the scale
+    study), each in a subdataset of its own, --no-content; then the
+    superdataset's commit of all of them alone (`sub-commit-N`)."""
+    o = bench.opts
+    runs = []
+    for n in o.scale:
+        with Sandbox(spec_for(n, 1, 6, 1, 4096), latency=o.latency) as sb:
+            bench.store_credential(sb)
+            facts = study_facts(sb)
+            inputs = bench.inputs(sb, facts, f"sub{n}")
+            ds = bench.new_dataset(f"sub{n}")
+            args = {"url": sb.url, "dataset": str(ds), "subjects": inputs["subjects"],
+                    "options": ["--subdatasets", "--no-content"]}
+            run = run_way(sb, "fmrif", args, label=f"sub-scale-{n}")
+            run.detail.update(subjects=n, sessions=len(facts.sessions))
+            runs.append(run)
+            if run.ok:
+                commit = run_way(sb, "sub-commit", {"dataset": str(ds)},
+                                 label=f"sub-commit-{n}")
+                runs.append(commit)
+            bench.drop_dataset(ds)
+    return runs
+
+
+def slurm(bench: Bench) -> list[Run]:
+    """A whole protocol of N subjects (one session of 6 scans x 5 files of
+    4 KiB each) with content: one process (`sub-single-N`: fmrif-download
+    --subdatasets) against a Slurm job array on a one-node cluster of this
+    machine (`slurm-N`: tasks of 10 subjects, --max-running of the CPUs,
+    then fmrif-finish). Needs root and Debian's slurm-wlm and munge
+    (tools/ensure-slurm); skipped with the reason otherwise."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from slurm_cluster import one_node_cluster, unavailable
+
+    why = unavailable()
+    if why:
+        print(f"slurm: skipped: {why}", flush=True)
+        return []
+    o = bench.opts
+    runs = []
+    n = o.slurm_subjects
+    with one_node_cluster(), Sandbox(spec_for(n, 1, 6, 5, 4096), latency=o.latency) as sb:
+        bench.store_credential(sb)
+        facts = study_facts(sb)
+        inputs = bench.inputs(sb, facts, f"slurm{n}")
+        for way, label, extra in (
+                ("fmrif", f"sub-single-{n}", {"options": ["--subdatasets"]}),
+                ("fmrif-slurm", f"slurm-{n}",
+                 {"per_task": 10, "max_running": os.cpu_count() or 1})):
+            ds = bench.new_dataset(label)
+            args = {"url": sb.url, "dataset": str(ds), "subjects": inputs["subjects"],
+                    **extra}
+            run = run_way(sb, way, args, label=label)
+            run.detail.update(subjects=n)
+            runs.append(run)
+            bench.drop_dataset(ds)
+    return runs
+
+
 def memory(bench: Bench) -> list[Run]:
     """fmrif-download, default options, at 1x and 10x the files: one
     subject, 2 sessions of 6 scans, N and 10 N files of 4 KiB per scan."""
@@ -635,12 +695,26 @@ def targets(summary: dict, opts) -> list[dict]:
             f = med("get-floor") / med("curl-session")
             add("  (get-floor / curl-session: any external special remote)",
                 shown(f, 1.5), "<= 1.5", f <= 1.5)
-    per = {int(k[6:]): v["median_s"] / int(k[6:]) for k, v in summary.items()
-           if k.startswith("scale-") and v.get("ok")}
-    if len(per) >= 2:
-        lo, hi = min(per), max(per)
-        add(f"scale: time per subject at {hi} / at {lo} subjects", shown(per[hi] / per[lo], 1.5),
-            "<= 1.5", per[hi] / per[lo] <= 1.5)
+    for prefix in ("scale-", "sub-scale-"):
+        per = {int(k[len(prefix):]): v["median_s"] / int(k[len(prefix):])
+               for k, v in summary.items() if k.startswith(prefix) and v.get("ok")}
+        if len(per) >= 2:
+            lo, hi = min(per), max(per)
+            add(f"{prefix.rstrip('-')}: time per subject at {hi} / at {lo} subjects",
+                shown(per[hi] / per[lo], 1.5), "<= 1.5", per[hi] / per[lo] <= 1.5)
+    commits = {int(k[11:]): v for k, v in summary.items()
+               if k.startswith("sub-commit-") and v.get("ok")}
+    if commits:
+        n = max(commits)
+        took = commits[n]["detail"]["commit_s"]
+        add(f"superdataset commit of {n} subdatasets, s", round(took, 2), "<= 10",
+            took <= 10)
+    single = {k[11:]: v for k, v in summary.items() if k.startswith("sub-single-") and v.get("ok")}
+    for n, one in single.items():
+        arr = summary.get(f"slurm-{n}") or {}
+        if arr.get("ok"):  # not a target: one node of 2 CPUs shows the overhead
+            add(f"  (slurm-{n} / sub-single-{n}: job array on this one node)",
+                shown(arr["median_s"] / one["median_s"], 1.0), "-", None)
     m1, m10 = summary.get("memory-1x") or {}, summary.get("memory-10x") or {}
     if m1.get("ok") and m10.get("ok"):
         a, b = m1["tree_mb"], m10["tree_mb"]
@@ -720,8 +794,11 @@ def parse(argv=None):
     p.add_argument("--jobs", type=int, default=4, help="parallel streams of limit, get and curl")
     p.add_argument("--ways", default="limit,tutorial,datalad-xnat,fmrif,fmrif-nc",
                    help="comma-separated subset of the ways")
-    p.add_argument("--extras", default="rerun,get,scale,memory",
-                   help="comma-separated: rerun,get,scale,memory (or 'none')")
+    p.add_argument("--extras", default="rerun,get,scale,memory,subdatasets,slurm",
+                   help="comma-separated: rerun,get,scale,memory,subdatasets,slurm "
+                        "(or 'none')")
+    p.add_argument("--slurm-subjects", type=int, default=None,
+                   help="subjects of the slurm test (default 100; small: 10)")
     p.add_argument("--scale", default=None,
                    help="subject counts of the scale test (default: 10,100,1000; small: 10,50)")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=DIR",
@@ -740,6 +817,8 @@ def parse(argv=None):
     opts.extras = [] if opts.extras == "none" else [e for e in opts.extras.split(",") if e]
     opts.scale = ([int(n) for n in opts.scale.split(",")] if opts.scale
                   else list(SCALE_SUBJECTS[opts.size]))
+    if opts.slurm_subjects is None:
+        opts.slurm_subjects = 10 if opts.size == "small" else 100
     opts.variants = {}
     for v in opts.variant:
         label, _, path = v.partition("=")
@@ -778,6 +857,14 @@ def main(argv=None) -> int:
         if "memory" in opts.extras:
             print("memory: default options at 1x and 10x the files (4 KiB each)", flush=True)
             runs += memory(bench)
+        if "subdatasets" in opts.extras:
+            print("subdatasets: --subdatasets --no-content at "
+                  + ", ".join(map(str, opts.scale)) + " subjects", flush=True)
+            runs += subdatasets(bench)
+        if "slurm" in opts.extras:
+            print(f"slurm: {opts.slurm_subjects} subjects, one process against a job "
+                  "array on a one-node cluster", flush=True)
+            runs += slurm(bench)
     finally:
         bench.cleanup()
     summary = summarize(runs)
