@@ -560,9 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # scancel sends SIGTERM: end like ^C, so that scratch is cleaned up
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     # the task's log says which subject it works on and what failed, not
-    # every line of git's progress
+    # every line of git's progress (DataLad's handler writes it)
     logging.getLogger("datalad").setLevel(logging.WARNING)
     lgr.setLevel(logging.INFO)
     return run_task(Path(argv[0]), int(argv[1]))

@@ -54,6 +54,19 @@ class FmrifFinish(ValidatedInterface):
          "code_cmd": "datalad fmrif-finish --resubmit"},
     ]
 
+    # 'nothing to do' is news here: say it, like fmrif-status does
+    result_renderer = "tailored"
+
+    @staticmethod
+    def custom_result_renderer(res, **kwargs):
+        from datalad.interface.utils import generic_result_renderer
+        from datalad.ui import ui
+
+        if res.get("action") == FINISH and res.get("status") == "notneeded":
+            ui.message(res.get("message", ""))
+            return
+        generic_result_renderer(res)
+
     @staticmethod
     @datasetmethod(name="fmrif_finish")
     @eval_results
