@@ -463,51 +463,34 @@ def setup_floor(ds: Path, target: str, store: Path) -> str:
     return name
 
 
-def scale(bench: Bench) -> list[Run]:
+def scale(bench: Bench, subdatasets: bool = False) -> list[Run]:
     """--no-content for 10, 100, 1,000 subjects: one session of 6 scans with
     one 4 KiB file each (5 taken), so that the time per subject is about
     subjects and sessions (listings, planning, registration), not files.
-    Subject counts above 100 run once."""
-    o = bench.opts
-    runs = []
-    for n in o.scale:
-        with Sandbox(spec_for(n, 1, 6, 1, 4096), latency=o.latency) as sb:
-            bench.store_credential(sb)
-            facts = study_facts(sb)
-            inputs = bench.inputs(sb, facts, f"scale{n}")
-            for rnd in range(1, (o.rounds if n <= 100 else 1) + 1):
-                ds = bench.new_dataset(f"scale{n}")
-                args = {"url": sb.url, "dataset": str(ds), "subjects": inputs["subjects"],
-                        "options": ["--no-content"]}
-                run = run_way(sb, "fmrif", args, label=f"scale-{n}", round_no=rnd)
-                run.detail.update(subjects=n, sessions=len(facts.sessions))
-                runs.append(run)
-                bench.drop_dataset(ds)
-    return runs
-
-
-def subdatasets(bench: Bench) -> list[Run]:
-    """The scale test with --subdatasets: 10, 100, 1,000 subjects (the scale
-    study), each in a subdataset of its own, --no-content; then the
+    Subject counts above 100 run once. With ``subdatasets`` (`sub-scale-N`):
+    each subject in a subdataset of its own, once per count, and then the
     superdataset's commit of all of them alone (`sub-commit-N`)."""
     o = bench.opts
+    tag = "sub-scale" if subdatasets else "scale"
+    options = ["--subdatasets", "--no-content"] if subdatasets else ["--no-content"]
     runs = []
     for n in o.scale:
         with Sandbox(spec_for(n, 1, 6, 1, 4096), latency=o.latency) as sb:
             bench.store_credential(sb)
             facts = study_facts(sb)
-            inputs = bench.inputs(sb, facts, f"sub{n}")
-            ds = bench.new_dataset(f"sub{n}")
-            args = {"url": sb.url, "dataset": str(ds), "subjects": inputs["subjects"],
-                    "options": ["--subdatasets", "--no-content"]}
-            run = run_way(sb, "fmrif", args, label=f"sub-scale-{n}")
-            run.detail.update(subjects=n, sessions=len(facts.sessions))
-            runs.append(run)
-            if run.ok:
-                commit = run_way(sb, "sub-commit", {"dataset": str(ds)},
-                                 label=f"sub-commit-{n}")
-                runs.append(commit)
-            bench.drop_dataset(ds)
+            inputs = bench.inputs(sb, facts, f"{tag}{n}")
+            rounds = 1 if subdatasets or n > 100 else o.rounds
+            for rnd in range(1, rounds + 1):
+                ds = bench.new_dataset(f"{tag}{n}")
+                args = {"url": sb.url, "dataset": str(ds), "subjects": inputs["subjects"],
+                        "options": options}
+                run = run_way(sb, "fmrif", args, label=f"{tag}-{n}", round_no=rnd)
+                run.detail.update(subjects=n, sessions=len(facts.sessions))
+                runs.append(run)
+                if subdatasets and run.ok:
+                    runs.append(run_way(sb, "sub-commit", {"dataset": str(ds)},
+                                        label=f"sub-commit-{n}"))
+                bench.drop_dataset(ds)
     return runs
 
 
@@ -860,7 +843,7 @@ def main(argv=None) -> int:
         if "subdatasets" in opts.extras:
             print("subdatasets: --subdatasets --no-content at "
                   + ", ".join(map(str, opts.scale)) + " subjects", flush=True)
-            runs += subdatasets(bench)
+            runs += scale(bench, subdatasets=True)
         if "slurm" in opts.extras:
             print(f"slurm: {opts.slurm_subjects} subjects, one process against a job "
                   "array on a one-node cluster", flush=True)
