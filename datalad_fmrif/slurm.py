@@ -383,7 +383,8 @@ def finish(ds, *, resubmit: bool, command: str):
         if (state / "delivered").is_dir() else []
     root = Path(ds.path)
     changed = [p for p in delivered if _needs_registering(root, p)]
-    layout = record_layout(ds)
+    # the layout is recorded with the first subdatasets, not without any
+    layout = bool(changed) and record_layout(ds)
     paths = changed + ([".datalad/config"] if layout else [])
     failure = save_superdataset(
         ds, paths, [p[len("sub-"):] for p in changed],

@@ -167,7 +167,6 @@ class SubdatasetDownload:
         self.xnat = xnat
 
     def run(self) -> Iterator[dict]:
-        changed_layout = False if self.options.dry_run else record_layout(self.ds)
         changed: list[tuple[str, str]] = []  # (path, name)
         for req in self.subjects.requests:
             try:
@@ -193,7 +192,8 @@ class SubdatasetDownload:
         if self.options.dry_run:
             return
         paths = [p for p, _ in changed]
-        if changed_layout:
+        # the layout is recorded with the first subdatasets, not without any
+        if changed and record_layout(self.ds):
             paths.append(".datalad/config")
         failure = save_superdataset(
             self.ds, paths, [n for _, n in changed],

@@ -189,3 +189,47 @@ def test_schedule_refuses_a_token_about_to_expire(tmp_path, sb, ds, slurm, hours
     assert res["status"] == "impossible"
     assert "too soon" in res["message"]
     assert not (ds.pathobj / ".git" / "fmrif-slurm" / "credential.json").exists()
+
+
+def test_failed_tasks_are_reported_and_a_swarm_line_runs_a_task(tmp_path, sb, ds,
+                                                                 monkeypatch):
+    """Without a cluster: --dry-run writes the tasks (as for Biowulf's swarm),
+    fmrif-finish reports every task that did not deliver and commits nothing;
+    a line of the swarm file, run as it is, delivers its subjects, and the
+    next fmrif-finish registers them."""
+    import shlex
+
+    from helpers import pseudonymous_list
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    csv, subs = pseudonymous_list(tmp_path, sb, n=3)
+    (tok,) = dl.fmrif_login(server=sb.url, token=True, on_failure="ignore",
+                            result_renderer="disabled", return_type="list")
+    assert tok["status"] == "ok"
+    (res,) = dl.fmrif_download(str(csv), dataset=ds.path, server=sb.url, slurm=True,
+                               subjects_per_task=2, dry_run=True, on_failure="ignore",
+                               result_renderer="disabled", return_type="list")
+    assert res["status"] == "ok" and res["tasks"] == 2, res
+    state = ds.pathobj / ".git" / "fmrif-slurm"
+    head = git(ds, "rev-parse", "HEAD")
+
+    results = dl.fmrif_finish(dataset=ds.path, on_failure="ignore",
+                              result_renderer="disabled", return_type="list")
+    failed = [r for r in results if r["status"] == "error"]
+    assert [r["task"] for r in failed] == [0, 1]
+    assert all("--resubmit" in r["message"] for r in failed)
+    assert git(ds, "rev-parse", "HEAD") == head  # nothing delivered: no commit
+
+    lines = (state / "tasks.swarm").read_text().splitlines()
+    assert len(lines) == 2
+    subprocess.run(shlex.split(lines[1]), check=True, capture_output=True)
+    results = dl.fmrif_finish(dataset=ds.path, on_failure="ignore",
+                              result_renderer="disabled", return_type="list")
+    assert [r.get("task") for r in results if r["status"] == "error"] == [0]
+    assert [r["status"] for r in results if r.get("task") is None] == ["ok"]
+    subds = ds.subdatasets(result_renderer="disabled", return_type="list")
+    assert [Path(r["path"]).name for r in subds] == ["sub-P03"]
+    assert_fsck(dl.Dataset(ds.pathobj / "sub-P03"))
+    assert ds.config.get("datalad.fmrif.layout") == "subdatasets"
+    history = git(ds, "log", "-p", "--all")
+    assert not [s.label for s in subs if s.label in history]
