@@ -212,7 +212,8 @@ class FmrifDownload(ValidatedInterface):
             args=("--max-running",),
             metavar="M",
             doc="""with --slurm: tasks that run (and download from XNAT) at
-            once, sbatch --array=...%%M; the default is polite to XNAT."""),
+            once (the limit of sbatch --array); the default is polite to
+            XNAT."""),
         sbatch_option=Parameter(
             args=("--sbatch-option",),
             action="append",
