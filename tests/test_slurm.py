@@ -152,7 +152,7 @@ def test_whole_protocol_on_slurm(tmp_path, secret_service, state_dir, slurm,
         assert not [s.label for s in subs if s.label in logs]
 
 
-def test_schedule_refuses_without_token(tmp_path, sb, ds, slurm):
+def test_schedule_refuses_without_token(tmp_path, sb, ds):
     from helpers import pseudonymous_list
 
     csv, _ = pseudonymous_list(tmp_path, sb, n=2)
@@ -168,7 +168,7 @@ def test_schedule_refuses_without_token(tmp_path, sb, ds, slurm):
 
 
 @pytest.mark.parametrize("hours", [0.5])
-def test_schedule_refuses_a_token_about_to_expire(tmp_path, sb, ds, slurm, hours):
+def test_schedule_refuses_a_token_about_to_expire(tmp_path, sb, ds, hours):
     from helpers import pseudonymous_list
 
     from datalad_fmrif.credentials import default_credential_name
