@@ -286,7 +286,9 @@ def schedule(ds, subjects: SubjectList, options: DownloadOptions, *,
     (state / "delivered").mkdir(exist_ok=True, mode=0o700)
     (state / "locks").mkdir(exist_ok=True, mode=0o700)
     os.chmod(state, 0o700)
-    for old in list((state / "tasks").iterdir()) + list((state / "delivered").iterdir()):
+    # the tasks of an earlier schedule go; what it delivered stays listed
+    # until fmrif-finish has registered it
+    for old in (state / "tasks").iterdir():
         old.unlink()
     for i, task in enumerate(tasks):
         write_private(state / "tasks" / f"{i}.json",
@@ -397,6 +399,8 @@ def finish(ds, *, resubmit: bool, command: str):
         failure["action"] = FINISH
         yield failure
         return
+    if not failed:  # every task delivered: the token has no more business on disk
+        (state / "credential.json").unlink(missing_ok=True)
     if not paths:
         yield _result("notneeded", f"all {len(delivered)} delivered subdatasets "
                       "are registered already", ds=ds, action=FINISH)

@@ -137,6 +137,7 @@ def test_whole_protocol_on_slurm(tmp_path, secret_service, state_dir, slurm,
         (again,) = dl.fmrif_finish(dataset=ds.path, on_failure="ignore",
                                    result_renderer="disabled", return_type="list")
         assert again["status"] == "notneeded"
+        assert not token_file.exists()  # the tasks have ended: the token goes
         assert int(git(ds, "rev-list", "--count", "HEAD")) == before + 1
 
         # the password: on no task's command line or environment, in no file
