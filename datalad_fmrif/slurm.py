@@ -55,6 +55,7 @@ from .download import ACTION, DownloadOptions, now_iso
 from .provenance import options_from_record, options_record
 from .subdatasets import (
     fill_subject,
+    has_sessions,
     record_layout,
     save_superdataset,
     subject_dataset,
@@ -483,7 +484,7 @@ def _deliver_subject(sched: Schedule, subjects: SubjectList, req: SubjectRequest
                             return_type="list", on_failure="ignore")
         problems += [f"push: {r.get('message')}" for r in pushed
                      if r.get("status") not in ("ok", "notneeded")]
-        if not problems:
+        if not problems and has_sessions(target):
             ensure_remote(Annex(target), sched.server)
             (state / "delivered" / path).touch()
         rmtree(str(work))

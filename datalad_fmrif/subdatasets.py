@@ -85,6 +85,13 @@ def subject_path(req: SubjectRequest) -> str:
     return f"sub-{subject_name(req)}"
 
 
+def has_sessions(path: Path) -> bool:
+    """Does the subject's dataset hold a downloaded session (committed)?"""
+    out = subprocess.run(["git", "ls-tree", "-d", "HEAD", MANIFEST_DIR], cwd=path,
+                         capture_output=True, text=True)
+    return bool(out.stdout.strip())
+
+
 def one_subject(subjects: SubjectList, req: SubjectRequest) -> SubjectList:
     """The list of one subject; the run record keeps the whole list's digest."""
     return SubjectList(requests=(req,), notes=(), sha256=subjects.sha256)
@@ -182,11 +189,20 @@ class SubdatasetDownload:
                        "path": str(where), "refds": str(self.root),
                        "message": f"{path}: a new subdataset, not made in a dry run"}
                 continue
+            created = not (where / ".git").exists()
             sub = subject_dataset(where)
             before = head(where)
             for res in fill_subject(sub, self.subjects, req, self.options, self.xnat):
                 res["refds"] = str(self.root)
                 yield res
+            if not has_sessions(where):
+                # nothing of XNAT's (the subject failed, or has no sessions):
+                # no empty subdataset in the superdataset
+                if created:
+                    from datalad.utils import rmtree
+
+                    rmtree(str(where))
+                continue
             if head(where) != before or not self._registered(path):
                 changed.append((path, subject_name(req)))
         if self.options.dry_run:

@@ -96,6 +96,20 @@ def test_subdatasets_download_rerun_clone(tmp_path, sb, ds):
         == {"sub-P02"}
 
 
+def test_a_subject_that_fails_gets_no_subdataset(tmp_path, sb, ds):
+    from helpers import PROJECT, main_subjects, subjects_csv
+
+    (sub,) = main_subjects(sb, 1)
+    csv = subjects_csv(tmp_path, [(PROJECT, sub.label, "P01"),
+                                  (PROJECT, "NO-SUCH-SUBJECT", "P02")])
+    res = download(ds, sb, csv, subdatasets=True)
+    assert [r["type"] for r in _problems(res)] == ["subject"]
+    subds = ds.subdatasets(result_renderer="disabled", return_type="list")
+    assert [r["path"] for r in subds] == [str(ds.pathobj / "sub-P01")]
+    assert not (ds.pathobj / "sub-P02").exists()
+    assert git(ds, "status", "--porcelain") == ""
+
+
 def test_subdatasets_no_content_and_layout_switch(tmp_path, sb, ds):
     csv, _ = pseudonymous_list(tmp_path, sb, n=1)
     res = download(ds, sb, csv, subdatasets=True, no_content=True)
