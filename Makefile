@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv test demo bench docs secret-service clean
+.PHONY: venv test demo bench docs secret-service slurm clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,15 @@ venv: $(VENV)/.installed
 secret-service:
 	@tools/ensure-secret-service
 
+# Slurm (slurmctld, slurmd, munge) for the job-array tests, which start a
+# one-node cluster of their own; installed with apt when run as root.
+slurm:
+	@tools/ensure-slurm
+
 # The tests run in a scratch HOME (DataLad writes credential properties to the
 # global git config) and a private, unlocked gnome-keyring. They build the
 # documentation first, so that CI keeps it honest.
-test: venv secret-service docs
+test: venv secret-service slurm docs
 	@home=$$(mktemp -d) && \
 	  HOME=$$home tools/with-keyring $(PY) -m pytest $(PYTEST_ARGS); \
 	  rc=$$?; rm -rf $$home; exit $$rc

@@ -470,26 +470,69 @@ def setup_floor(ds: Path, target: str, store: Path) -> str:
     return name
 
 
-def scale(bench: Bench) -> list[Run]:
+def scale(bench: Bench, subdatasets: bool = False) -> list[Run]:
     """--no-content for 10, 100, 1,000 subjects: one session of 6 scans with
     one 4 KiB file each (5 taken), so that the time per subject is about
     subjects and sessions (listings, planning, registration), not files.
-    Subject counts above 100 run once."""
+    Subject counts above 100 run once. With ``subdatasets`` (`sub-scale-N`):
+    each subject in a subdataset of its own, once per count, and then the
+    superdataset's commit of all of them alone (`sub-commit-N`)."""
     o = bench.opts
+    tag = "sub-scale" if subdatasets else "scale"
+    options = ["--subdatasets", "--no-content"] if subdatasets else ["--no-content"]
     runs = []
     for n in o.scale:
         with Sandbox(spec_for(n, 1, 6, 1, 4096), latency=o.latency) as sb:
             bench.store_credential(sb)
             facts = study_facts(sb)
-            inputs = bench.inputs(sb, facts, f"scale{n}")
-            for rnd in range(1, (o.rounds if n <= 100 else 1) + 1):
-                ds = bench.new_dataset(f"scale{n}")
+            inputs = bench.inputs(sb, facts, f"{tag}{n}")
+            rounds = 1 if subdatasets or n > 100 else o.rounds
+            for rnd in range(1, rounds + 1):
+                ds = bench.new_dataset(f"{tag}{n}")
                 args = {"url": sb.url, "dataset": str(ds), "subjects": inputs["subjects"],
-                        "options": ["--no-content"]}
-                run = run_way(sb, "fmrif", args, label=f"scale-{n}", round_no=rnd)
+                        "options": options}
+                run = run_way(sb, "fmrif", args, label=f"{tag}-{n}", round_no=rnd)
                 run.detail.update(subjects=n, sessions=len(facts.sessions))
                 runs.append(run)
+                if subdatasets and run.ok:
+                    runs.append(run_way(sb, "sub-commit", {"dataset": str(ds)},
+                                        label=f"sub-commit-{n}"))
                 bench.drop_dataset(ds)
+    return runs
+
+
+def slurm(bench: Bench) -> list[Run]:
+    """A whole protocol of N subjects (one session of 6 scans x 5 files of
+    4 KiB each) with content: one process (`sub-single-N`: fmrif-download
+    --subdatasets) against a Slurm job array on a one-node cluster of this
+    machine (`slurm-N`: tasks of 10 subjects, --max-running of the CPUs,
+    then fmrif-finish). Needs root and Debian's slurm-wlm and munge
+    (tools/ensure-slurm); skipped with the reason otherwise."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from slurm_cluster import one_node_cluster, unavailable
+
+    why = unavailable()
+    if why:
+        print(f"slurm: skipped: {why}", flush=True)
+        return []
+    o = bench.opts
+    runs = []
+    n = o.slurm_subjects
+    with one_node_cluster(), Sandbox(spec_for(n, 1, 6, 5, 4096), latency=o.latency) as sb:
+        bench.store_credential(sb)
+        facts = study_facts(sb)
+        inputs = bench.inputs(sb, facts, f"slurm{n}")
+        for way, label, extra in (
+                ("fmrif", f"sub-single-{n}", {"options": ["--subdatasets"]}),
+                ("fmrif-slurm", f"slurm-{n}",
+                 {"per_task": 10, "max_running": os.cpu_count() or 1})):
+            ds = bench.new_dataset(label)
+            args = {"url": sb.url, "dataset": str(ds), "subjects": inputs["subjects"],
+                    **extra}
+            run = run_way(sb, way, args, label=label)
+            run.detail.update(subjects=n)
+            runs.append(run)
+            bench.drop_dataset(ds)
     return runs
 
 
@@ -646,12 +689,26 @@ def targets(summary: dict, opts) -> list[dict]:
         w = med("fmrif") / med("wire")
         add("  (fmrif / wire: fmrif-download against the transfer alone)", round(w, 2),
             "-", None)
-    per = {int(k[6:]): v["median_s"] / int(k[6:]) for k, v in summary.items()
-           if k.startswith("scale-") and v.get("ok")}
-    if len(per) >= 2:
-        lo, hi = min(per), max(per)
-        add(f"scale: time per subject at {hi} / at {lo} subjects", shown(per[hi] / per[lo], 1.5),
-            "<= 1.5", per[hi] / per[lo] <= 1.5)
+    for prefix in ("scale-", "sub-scale-"):
+        per = {int(k[len(prefix):]): v["median_s"] / int(k[len(prefix):])
+               for k, v in summary.items() if k.startswith(prefix) and v.get("ok")}
+        if len(per) >= 2:
+            lo, hi = min(per), max(per)
+            add(f"{prefix.rstrip('-')}: time per subject at {hi} / at {lo} subjects",
+                shown(per[hi] / per[lo], 1.5), "<= 1.5", per[hi] / per[lo] <= 1.5)
+    commits = {int(k[11:]): v for k, v in summary.items()
+               if k.startswith("sub-commit-") and v.get("ok")}
+    if commits:
+        n = max(commits)
+        took = commits[n]["detail"]["commit_s"]
+        add(f"superdataset commit of {n} subdatasets, s", round(took, 2), "<= 10",
+            took <= 10)
+    single = {k[11:]: v for k, v in summary.items() if k.startswith("sub-single-") and v.get("ok")}
+    for n, one in single.items():
+        arr = summary.get(f"slurm-{n}") or {}
+        if arr.get("ok"):  # not a target: one node of 2 CPUs shows the overhead
+            add(f"  (slurm-{n} / sub-single-{n}: job array on this one node)",
+                shown(arr["median_s"] / one["median_s"], 1.0), "-", None)
     m1, m10 = summary.get("memory-1x") or {}, summary.get("memory-10x") or {}
     if m1.get("ok") and m10.get("ok"):
         a, b = m1["tree_mb"], m10["tree_mb"]
@@ -731,8 +788,11 @@ def parse(argv=None):
     p.add_argument("--jobs", type=int, default=4, help="parallel streams of limit, get and curl")
     p.add_argument("--ways", default="limit,wire,tutorial,datalad-xnat,fmrif,fmrif-nc",
                    help="comma-separated subset of the ways")
-    p.add_argument("--extras", default="rerun,get,scale,memory",
-                   help="comma-separated: rerun,get,scale,memory (or 'none')")
+    p.add_argument("--extras", default="rerun,get,scale,memory,subdatasets,slurm",
+                   help="comma-separated: rerun,get,scale,memory,subdatasets,slurm "
+                        "(or 'none')")
+    p.add_argument("--slurm-subjects", type=int, default=None,
+                   help="subjects of the slurm test (default 100; small: 10)")
     p.add_argument("--scale", default=None,
                    help="subject counts of the scale test (default: 10,100,1000; small: 10,50)")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=DIR",
@@ -751,6 +811,8 @@ def parse(argv=None):
     opts.extras = [] if opts.extras == "none" else [e for e in opts.extras.split(",") if e]
     opts.scale = ([int(n) for n in opts.scale.split(",")] if opts.scale
                   else list(SCALE_SUBJECTS[opts.size]))
+    if opts.slurm_subjects is None:
+        opts.slurm_subjects = 10 if opts.size == "small" else 100
     opts.variants = {}
     for v in opts.variant:
         label, _, path = v.partition("=")
@@ -789,6 +851,14 @@ def main(argv=None) -> int:
         if "memory" in opts.extras:
             print("memory: default options at 1x and 10x the files (4 KiB each)", flush=True)
             runs += memory(bench)
+        if "subdatasets" in opts.extras:
+            print("subdatasets: --subdatasets --no-content at "
+                  + ", ".join(map(str, opts.scale)) + " subjects", flush=True)
+            runs += scale(bench, subdatasets=True)
+        if "slurm" in opts.extras:
+            print(f"slurm: {opts.slurm_subjects} subjects, one process against a job "
+                  "array on a one-node cluster", flush=True)
+            runs += slurm(bench)
     finally:
         bench.cleanup()
     summary = summarize(runs)

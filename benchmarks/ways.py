@@ -239,8 +239,54 @@ def _json_lines(text: str) -> list[dict]:
     return out
 
 
+def sub_commit(a: dict) -> dict:
+    """The superdataset's commit of its subdatasets, alone: the commit that
+    `fmrif-download --subdatasets` made is undone (the subdatasets stay as
+    they are) and made again with `datalad save`."""
+    ds = Path(a["dataset"])
+    sh(["git", "reset", "-q", "HEAD~1"], cwd=ds)
+    t0 = time.monotonic()
+    sh(["datalad", "save", "-d", str(ds), "-m", "register the subdatasets"], cwd=ds,
+       env=_env(a))
+    t1 = time.monotonic()
+    out = sh(["git", "ls-files", "-s"], cwd=ds).stdout
+    return {"commit_s": round(t1 - t0, 3),
+            "subdatasets": sum(1 for line in out.splitlines() if line.startswith("160000"))}
+
+
+def fmrif_slurm(a: dict) -> dict:
+    """`datalad fmrif-download --slurm` on the login node (after `datalad
+    fmrif-login --token`), waiting for the job array, then `datalad
+    fmrif-finish`: the whole protocol as on Biowulf."""
+    ds = a["dataset"]
+    sh(["datalad", "fmrif-login", "--server", a["url"], "--token"], env=_env(a))
+    t0 = time.monotonic()
+    proc = sh(["datalad", "-f", "json", "fmrif-download", "-d", ds, "--server", a["url"],
+               "--slurm", "--subjects-per-task", str(a["per_task"]),
+               "--max-running", str(a["max_running"]), *a.get("options", []),
+               a["subjects"]], cwd=ds, env=_env(a), check=False)
+    jobs = [r["job"] for r in _json_lines(proc.stdout) if r.get("job")]
+    if not jobs:
+        raise WayFailed(f"fmrif-download --slurm failed: {proc.stdout[-800:]} "
+                        f"{proc.stderr[-800:]}")
+    while sh(["squeue", "-h", "-j", jobs[0]], check=False).stdout.strip():
+        time.sleep(0.5)
+    t1 = time.monotonic()
+    proc = sh(["datalad", "-f", "json", "fmrif-finish", "-d", ds], cwd=ds, env=_env(a),
+              check=False)
+    t2 = time.monotonic()
+    bad = [r for r in _json_lines(proc.stdout) if r.get("status") in ("error", "impossible")]
+    if proc.returncode != 0 or bad:
+        why = "; ".join(str(r.get("message")) for r in bad[:3]) or proc.stderr.strip()[-1500:]
+        raise WayFailed(f"fmrif-finish failed: {why}")
+    out = sh(["git", "ls-files", "-s"], cwd=ds).stdout
+    return {"array_s": round(t1 - t0, 3), "finish_s": round(t2 - t1, 3), "job": jobs[0],
+            "subdatasets": sum(1 for line in out.splitlines() if line.startswith("160000"))}
+
+
 WAYS = {"limit": limit, "tutorial": tutorial, "datalad-xnat": datalad_xnat,
-        "fmrif": fmrif, "get": get, "curl": curl_files, "wire": wire}
+        "fmrif": fmrif, "get": get, "curl": curl_files, "wire": wire,
+        "sub-commit": sub_commit, "fmrif-slurm": fmrif_slurm}
 
 
 def main() -> int:

@@ -12,5 +12,7 @@ command_suite = (
         ("datalad_fmrif.commands.list", "FmrifList", "fmrif-list", "fmrif_list"),
         ("datalad_fmrif.commands.status", "FmrifStatus", "fmrif-status",
          "fmrif_status"),
+        ("datalad_fmrif.commands.finish", "FmrifFinish", "fmrif-finish",
+         "fmrif_finish"),
     ],
 )

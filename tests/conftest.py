@@ -122,3 +122,28 @@ def ds(tmp_path):
     import datalad.api as dl
 
     return dl.create(tmp_path / "study", result_renderer="disabled")
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """A real one-node Slurm cluster (tests/slurm_cluster.py); in CI its
+    absence is a failure, not a skip."""
+    from slurm_cluster import one_node_cluster, unavailable
+
+    def cannot(why):
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+    why = unavailable()
+    if why:
+        cannot(why)
+    try:
+        cluster = one_node_cluster()
+        where = cluster.__enter__()
+    except RuntimeError as e:
+        cannot(str(e))
+    try:
+        yield where
+    finally:
+        cluster.__exit__(None, None, None)

@@ -26,13 +26,15 @@ from datalad_next.constraints import (
 )
 
 from ..annex import AnnexError
-from ..credentials import CredentialError
+from ..credentials import CredentialError, resolve_server
 from ..download import ACTION, Download, DownloadOptions
 from ..inputs import CommittableInput, refuse_if_committable
 from ..plan import DEFAULT_EXCLUDE_SERIES, DEFAULT_TEMPLATE, PlanError, PlanOptions
 from ..remote_setup import RemoteSetupError
 from ..report import download_summary
 from ..runguard import dataset_lock, signals_interrupt
+from ..slurm import DEFAULT_MAX_RUNNING, DEFAULT_SUBJECTS_PER_TASK, schedule
+from ..subdatasets import LayoutError, SubdatasetDownload, check_layout, inner_template
 from ..subjects import (
     SubjectListError,
     apply_pseudonyms,
@@ -95,6 +97,11 @@ class FmrifDownload(ValidatedInterface):
         jobs=EnsureInt() & EnsureRange(min=1, max=32),
         dry_run=EnsureBool(),
         message=EnsureStr(),
+        subdatasets=EnsureBool(),
+        slurm=EnsureBool(),
+        subjects_per_task=EnsureInt() & EnsureRange(min=1),
+        max_running=EnsureInt() & EnsureRange(min=1, max=64),
+        sbatch_option=EnsureListOf(EnsureStr(min_len=1)),
     ))
 
     _params_ = dict(
@@ -188,6 +195,44 @@ class FmrifDownload(ValidatedInterface):
             metavar="MESSAGE",
             doc="""commit message; the machine-readable record is added to
             it. Do not put labels here when using pseudonyms."""),
+        subdatasets=Parameter(
+            args=("--subdatasets",),
+            action="store_true",
+            doc="""put each subject in a DataLad subdataset of its own,
+            sub-NAME/ (for protocols of many subjects: one dataset slows
+            down past ~100k files). Each subdataset has its own fmrif
+            remote, manifests and run record; the superdataset gets one
+            commit naming the subjects that changed. A dataset keeps the
+            layout of its first download: switching is refused."""),
+        slurm=Parameter(
+            args=("--slurm",),
+            action="store_true",
+            doc="""download with a Slurm job array instead of here (implies
+            --subdatasets; run it on the login node): the list is split into
+            tasks of --subjects-per-task subjects, written with a job script
+            and a Biowulf swarm file to .git/fmrif-slurm/, and submitted with
+            sbatch. Each task fills its subjects' subdatasets in a clone on
+            node-local scratch and pushes them back; it logs in with the
+            alias token of 'datalad fmrif-login --token', never the
+            password. Afterwards 'datalad fmrif-finish' registers them in
+            one commit. With --dry-run: write the files, submit nothing."""),
+        subjects_per_task=Parameter(
+            args=("--subjects-per-task",),
+            metavar="K",
+            doc="""with --slurm: subjects per task of the job array."""),
+        max_running=Parameter(
+            args=("--max-running",),
+            metavar="M",
+            doc="""with --slurm: tasks that run (and download from XNAT) at
+            once (the limit of sbatch --array); the default is polite to
+            XNAT."""),
+        sbatch_option=Parameter(
+            args=("--sbatch-option",),
+            action="append",
+            metavar="OPTION",
+            doc="""with --slurm: an option for the job script's #SBATCH
+            lines, e.g. --time=8:00:00 or --gres=lscratch:50; repeat for
+            several."""),
     )
 
     _examples_ = [
@@ -201,6 +246,13 @@ class FmrifDownload(ValidatedInterface):
         {"text": "Register only (no content), fetch one subject later",
          "code_cmd": "datalad fmrif-download --no-content subjects.csv && "
                      "datalad get sub-P01"},
+        {"text": "A whole protocol, each subject in its own subdataset",
+         "code_cmd": "datalad fmrif-download --subdatasets processing_data.csv"},
+        {"text": "The same with a Slurm job array of 10 subjects per task, 4 at "
+                 "once (on Biowulf's login node, after 'datalad fmrif-login "
+                 "--token'); 'datalad fmrif-finish' when it has ended",
+         "code_cmd": "datalad fmrif-download --slurm --subjects-per-task 10 "
+                     "--sbatch-option=--gres=lscratch:20 processing_data.csv"},
     ]
 
     @staticmethod
@@ -210,7 +262,10 @@ class FmrifDownload(ValidatedInterface):
                  credential=None, path=DEFAULT_TEMPLATE, pseudonyms=None,
                  keep_labels=False, include_series=None,
                  exclude_series=DEFAULT_EXCLUDE_SERIES, resource=None,
-                 no_content=False, jobs=4, dry_run=False, message=None):
+                 no_content=False, jobs=4, dry_run=False, message=None,
+                 subdatasets=False, slurm=False,
+                 subjects_per_task=DEFAULT_SUBJECTS_PER_TASK,
+                 max_running=DEFAULT_MAX_RUNNING, sbatch_option=None):
         try:
             ds = dataset.ds if dataset else dataset_here("download XNAT data into")
         except NotInDataset as e:
@@ -221,6 +276,7 @@ class FmrifDownload(ValidatedInterface):
             return {"action": ACTION, "status": status, "message": msg,
                     "path": ds.path, "type": "dataset", "refds": ds.path}
 
+        subdatasets = subdatasets or slurm
         if pseudonyms and keep_labels:
             yield failed("--pseudonyms and --keep-labels exclude each other")
             return
@@ -238,8 +294,11 @@ class FmrifDownload(ValidatedInterface):
             resources=tuple(resource or ("DICOM",)))
         try:
             options.validate()
+            check_layout(ds, subdatasets)
+            if subdatasets:
+                inner_template(path)
             subject_list = _read_subjects(subjects, project, pseudonyms)
-        except (PlanError, SubjectListError, OSError) as e:
+        except (PlanError, SubjectListError, LayoutError, OSError) as e:
             yield failed(str(e))
             return
         pseudonymous = any(r.pseudonym for r in subject_list.requests)
@@ -257,6 +316,24 @@ class FmrifDownload(ValidatedInterface):
             return
         for note in subject_list.notes:
             lgr.info("%s", note)
+        if slurm:
+            # the login node needs no password: the tasks use a token
+            try:
+                server_url = resolve_server(server, ds.config)
+            except CredentialError as e:
+                yield failed(str(e))
+                return
+            opts = DownloadOptions(
+                server=server_url, plan=options, keep_labels=keep_labels,
+                no_content=no_content, jobs=jobs, dry_run=dry_run,
+                command=_command_line(ds, subjects, server, project, credential,
+                                      path, pseudonyms, keep_labels, include_series,
+                                      exclude_series, resource, no_content, jobs,
+                                      True))
+            yield from schedule(ds, subject_list, opts, credential=credential,
+                                per_task=subjects_per_task, max_running=max_running,
+                                sbatch_options=list(sbatch_option or ()))
+            return
 
         try:
             xnat = xnat_session(ds.config, server, credential, dataset=ds.path)
@@ -269,12 +346,14 @@ class FmrifDownload(ValidatedInterface):
             message=message, credential=credential,
             command=_command_line(ds, subjects, server, project, credential,
                                   path, pseudonyms, keep_labels, include_series,
-                                  exclude_series, resource, no_content, jobs))
+                                  exclude_series, resource, no_content, jobs,
+                                  subdatasets))
+        run = SubdatasetDownload if subdatasets else Download
         try:
             # one run at a time in a dataset; a dry run changes nothing
             held = contextlib.nullcontext() if dry_run else dataset_lock(ds.pathobj)
             with signals_interrupt(), held, xnat:
-                yield from Download(ds, subject_list, opts, xnat).run()
+                yield from run(ds, subject_list, opts, xnat).run()
         except (XnatError, RemoteSetupError, AnnexError) as e:
             yield failed(str(e), status="error")
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (Interrupted)
@@ -309,7 +388,7 @@ def _read_subjects(subjects: str, project, pseudonyms):
 
 def _command_line(ds, subjects, server, project, credential, path, pseudonyms,
                   keep_labels, include_series, exclude_series, resource,
-                  no_content, jobs) -> str:
+                  no_content, jobs, subdatasets=False) -> str:
     """The command that ``datalad rerun`` runs again, from the dataset root."""
     def where(p):
         if p == "-":
@@ -341,5 +420,7 @@ def _command_line(ds, subjects, server, project, credential, path, pseudonyms,
         argv.append("--no-content")
     if jobs != 4:
         argv += ["-J", str(jobs)]
+    if subdatasets:
+        argv.append("--subdatasets")
     argv.append(where(subjects))
     return shlex.join(argv)

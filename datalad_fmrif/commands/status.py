@@ -116,24 +116,34 @@ class FmrifStatus(ValidatedInterface):
                         path=str(root / where) if where else str(root),
                         type=type, refds=str(root), **fields)
 
-        try:
-            every = manifests = load_manifests(root)
-        except ValueError as e:
-            yield result("error", str(e), type="dataset")
-            return
-        prefixes = None
+        wanted = None
         if path:
-            prefixes = [str((Path.cwd() / p).resolve().relative_to(root.resolve()))
-                        .rstrip("/") for p in path]
-            # a session by its files, or by its folder (it may have none)
-            manifests = {sid: m for sid, m in manifests.items()
-                         if _under(_folder(m), prefixes)
-                         or any(_under(f["path"], prefixes) for f in m["files"])}
-        if not manifests:
+            wanted = [str((Path.cwd() / p).resolve().relative_to(root.resolve()))
+                      .rstrip("/") for p in path]
+        # one dataset, or (--subdatasets) every installed subject's subdataset
+        parts = []  # (dataset root, manifests of the paths, all manifests, paths)
+        for where in _datasets(ds):
+            inner = where.relative_to(root).as_posix() if where != root else ""
+            try:
+                every = manifests = load_manifests(where)
+            except ValueError as e:
+                yield result("error", str(e), type="dataset")
+                return
+            prefixes = _inside(wanted, inner)
+            if prefixes == []:
+                continue
+            if prefixes is not None:
+                # a session by its files, or by its folder (it may have none)
+                manifests = {sid: m for sid, m in manifests.items()
+                             if _under(_folder(m), prefixes)
+                             or any(_under(f["path"], prefixes) for f in m["files"])}
+            if manifests:
+                parts.append((where, manifests, every, prefixes))
+        if not parts:
             yield result("notneeded", "no downloaded sessions to check",
                          type="dataset")
             return
-        servers = {m["server"] for m in manifests.values()}
+        servers = {m["server"] for _, ms, _, _ in parts for m in ms.values()}
         if server is None and len(servers) > 1:
             yield result("impossible", "the manifests name several servers; "
                          "give --server", type="dataset")
@@ -144,10 +154,20 @@ class FmrifStatus(ValidatedInterface):
         except CredentialError as e:
             yield result("impossible", str(e), type="dataset")
             return
+
+        def result_in(sub: Path):
+            """Results of a subdataset: its paths, the top dataset's refds."""
+            def res(status, message, *, where=None, **fields):
+                return result(status, message,
+                              where=str(sub / where) if where else str(sub), **fields)
+            return res
+
         try:
             with xnat:
-                yield from _check(xnat, manifests, every, prefixes, result,
-                                  failures.load(root), root)
+                for where, manifests, every, prefixes in parts:
+                    yield from _check(xnat, manifests, every, prefixes,
+                                      result if where == root else result_in(where),
+                                      failures.load(where), where)
         except XnatError as e:
             yield result("error", str(e), type="dataset")
 
@@ -183,6 +203,33 @@ class FmrifStatus(ValidatedInterface):
                 states[r["state"]] = states.get(r["state"], 0) + 1
         if states:
             ui.message(status_summary(states))
+
+
+def _datasets(ds) -> list[Path]:
+    """The dataset itself, or, in the layout of ``fmrif-download
+    --subdatasets``, every installed subdataset of a subject."""
+    from ..subdatasets import is_subdatasets_layout
+
+    root = Path(ds.path)
+    if not is_subdatasets_layout(ds):
+        return [root]
+    subs = ds.subdatasets(state="present", result_renderer="disabled",
+                          return_type="list", on_failure="ignore")
+    return sorted(Path(r["path"]) for r in subs if r.get("status") == "ok")
+
+
+def _inside(wanted: list[str] | None, inner: str) -> list[str] | None:
+    """The paths (relative to the top dataset) that concern the dataset at
+    ``inner``, relative to it: None means all of it, [] none of it."""
+    if wanted is None or not inner:
+        return wanted
+    out = []
+    for p in wanted:
+        if p in (".", inner) or inner.startswith(p + "/"):
+            return None
+        if p.startswith(inner + "/"):
+            out.append(p[len(inner) + 1:])
+    return out
 
 
 def _folder(manifest: dict, session_name: str | None = None,

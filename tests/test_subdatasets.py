@@ -1,0 +1,136 @@
+"""fmrif-download --subdatasets: one subdataset per subject, one commit of
+the superdataset; real DataLad, git-annex, keyring and the sandbox XNAT."""
+
+from __future__ import annotations
+
+import subprocess
+
+import datalad.api as dl
+
+from helpers import (
+    annexed_files,
+    assert_fsck,
+    by_status,
+    content_gets,
+    download,
+    git,
+    pseudonymous_list,
+)
+
+
+def _commits(ds) -> int:
+    return int(git(ds, "rev-list", "--count", "HEAD"))
+
+
+def _problems(res):
+    return [r for r in res if r["status"] in ("error", "impossible")]
+
+
+def test_subdatasets_download_rerun_clone(tmp_path, sb, ds):
+    csv, subs = pseudonymous_list(tmp_path, sb, n=2)
+    before = _commits(ds)
+    res = download(ds, sb, csv, subdatasets=True)
+    assert not _problems(res), _problems(res)
+
+    # each subject is a registered subdataset with its files, manifests, remote
+    subds = {r["path"] for r in ds.subdatasets(result_renderer="disabled",
+                                               return_type="list")}
+    assert subds == {str(ds.pathobj / "sub-P01"), str(ds.pathobj / "sub-P02")}
+    for name in ("sub-P01", "sub-P02"):
+        sub = dl.Dataset(ds.pathobj / name)
+        files = annexed_files(sub)
+        assert files and all(f.startswith("ses-") for f in files)
+        assert list((sub.pathobj / ".datalad/fmrif/sessions").glob("*.json"))
+        assert_fsck(sub)
+        assert git(sub, "status", "--porcelain") == ""
+    # the superdataset: no file of XNAT's, ONE commit naming the subjects
+    assert _commits(ds) == before + 1
+    assert git(ds, "status", "--porcelain") == ""
+    msg = git(ds, "log", "-1", "--format=%B")
+    assert "sub-P01" in msg and "sub-P02" in msg
+    from datalad.local.rerun import get_run_info
+
+    _, record = get_run_info(ds, msg)
+    assert record["fmrif"]["subjects"] == ["P01", "P02"]
+    assert "--subdatasets" in record["cmd"]
+    # privacy: no label anywhere in the history of the super- or subdatasets
+    for where in (ds, dl.Dataset(ds.pathobj / "sub-P01")):
+        history = git(where, "log", "-p", "--all")
+        for s in subs:
+            assert s.label not in history
+
+    # a second run changes nothing and makes no commit
+    sb.clear_requests()
+    again = download(ds, sb, csv, subdatasets=True)
+    assert not _problems(again)
+    assert not content_gets(sb)
+    assert _commits(ds) == before + 1
+    assert set(by_status(again, "session")) == {"notneeded"}
+
+    # a clone gets one subject, through the fmrif remote of its subdataset
+    clone = dl.clone(ds.path, tmp_path / "clone", result_renderer="disabled")
+    clone.get("sub-P01", result_renderer="disabled")
+    sub = dl.Dataset(clone.pathobj / "sub-P01")
+    assert_fsck(sub)
+    assert not dl.Dataset(clone.pathobj / "sub-P02").is_installed()
+    # and everything with get -r, after dropping a file in the original
+    first = annexed_files(dl.Dataset(ds.pathobj / "sub-P02"))[0]
+    dl.Dataset(ds.pathobj / "sub-P02").drop(first, reckless="availability",
+                                           result_renderer="disabled")
+    sb.clear_requests()
+    clone.get(".", recursive=True, result_renderer="disabled")
+    assert_fsck(dl.Dataset(clone.pathobj / "sub-P02"))
+    assert content_gets(sb)
+
+    # fmrif-status looks into every subdataset
+    status = dl.fmrif_status(dataset=ds.path, result_renderer="disabled",
+                             return_type="list", on_failure="ignore")
+    sessions = [r for r in status if r.get("type") == "session"]
+    assert sessions and {r["state"] for r in sessions} == {"clean"}
+    assert {r["path"].split("/")[-2] for r in sessions} == {"sub-P01", "sub-P02"}
+    # ... and only into those under the paths given
+    one = dl.fmrif_status(path=[str(ds.pathobj / "sub-P02")], dataset=ds.path,
+                          result_renderer="disabled", return_type="list",
+                          on_failure="ignore")
+    assert {r["path"].split("/")[-2] for r in one if r.get("type") == "session"} \
+        == {"sub-P02"}
+
+
+def test_a_subject_that_fails_gets_no_subdataset(tmp_path, sb, ds):
+    from helpers import PROJECT, main_subjects, subjects_csv
+
+    (sub,) = main_subjects(sb, 1)
+    csv = subjects_csv(tmp_path, [(PROJECT, sub.label, "P01"),
+                                  (PROJECT, "NO-SUCH-SUBJECT", "P02")])
+    res = download(ds, sb, csv, subdatasets=True)
+    assert [r["type"] for r in _problems(res)] == ["subject"]
+    subds = ds.subdatasets(result_renderer="disabled", return_type="list")
+    assert [r["path"] for r in subds] == [str(ds.pathobj / "sub-P01")]
+    assert not (ds.pathobj / "sub-P02").exists()
+    assert git(ds, "status", "--porcelain") == ""
+
+
+def test_subdatasets_no_content_and_layout_switch(tmp_path, sb, ds):
+    csv, _ = pseudonymous_list(tmp_path, sb, n=1)
+    res = download(ds, sb, csv, subdatasets=True, no_content=True)
+    assert not _problems(res), _problems(res)
+    sub = dl.Dataset(ds.pathobj / "sub-P01")
+    assert annexed_files(sub)
+    assert not git(sub, "annex", "find")  # registered, no content
+    sub.get(".", result_renderer="disabled")
+    assert_fsck(sub)
+
+    # switching layouts is refused, either way
+    res = download(ds, sb, csv)
+    assert res[0]["status"] == "impossible"
+    assert "--subdatasets" in res[0]["message"]
+    single = dl.create(tmp_path / "single", result_renderer="disabled")
+    assert not _problems(download(single, sb, csv))
+    res = download(single, sb, csv, subdatasets=True)
+    assert res[0]["status"] == "impossible"
+    assert "mix both layouts" in res[0]["message"]
+    # a template that does not start with the subject's folder
+    res = download(ds, sb, csv, subdatasets=True, path="{session}/{file}")
+    assert res[0]["status"] == "impossible"
+    assert "sub-{subject}/" in res[0]["message"]
+    subprocess.run(["git", "diff", "--exit-code"], cwd=ds.path, check=True)
