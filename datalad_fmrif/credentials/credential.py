@@ -25,6 +25,10 @@ class NoKeyring(KeyringProblem):
     pass
 
 
+class Refused(Exception):
+    """Input we cannot use; the message says why (it never holds a secret)."""
+
+
 @dataclass(frozen=True)
 class Credential:
     name: str
