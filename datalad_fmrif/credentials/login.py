@@ -25,7 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..xnat.errors import XnatError
-from ..xnat.session import XnatSession, login_providers
+from ..xnat.loginpage import login_providers
+from ..xnat.session import XnatSession
 from .credential import Credential, CredentialError, NoKeyring, Refused
 from .lockout import Rejections
 from .naming import env_names, resolve_auth_provider, resolve_verify
