@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .credential import Credential
 
+
 if os.name == "nt":  # pragma: no cover - no Windows CI here
     import msvcrt
 

@@ -13,6 +13,7 @@ from .credential import CredentialError
 
 DEFAULT_SERVER = "https://fmrif-xnat.nimh.nih.gov"
 
+
 def normalize_server(url: str) -> str:
     """``https://host[:port][/path]`` without a trailing slash.
 
