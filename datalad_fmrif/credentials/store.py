@@ -17,7 +17,6 @@ from .lockout import Rejections
 from .naming import env_names, resolve_auth_provider
 
 
-
 def keyring_problem() -> str | None:
     """Why the keyring cannot hold the secret safely, or None when it can.
 
