@@ -146,7 +146,7 @@ def test_single_other_provider_is_used_without_asking(
         secret_service, state_dir, monkeypatch):
     """A login page with one provider that is not the local database."""
     from datalad_fmrif.sandbox import Sandbox
-    from datalad_fmrif.xnat.session import parse_login_providers
+    from datalad_fmrif.xnat.loginpage import parse_login_providers
 
     page = ('<form><input type="hidden" id="login_method" name="login_method" '
             'value="nihldap"/></form>')

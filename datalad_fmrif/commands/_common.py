@@ -1,8 +1,18 @@
-"""What every command needs before it can talk to XNAT."""
+"""What every command shares: its common parameters, the one way to build a
+result record, and what it needs before it can talk to XNAT.
+
+Commands only translate between DataLad and the library; this module holds
+the translation they have in common, so that ``--server`` means the same in
+every command and every result record has the same shape.
+"""
 
 from __future__ import annotations
 
 import os
+
+from datalad.support.exceptions import CapturedException
+from datalad_next.commands import Parameter, get_status_dict
+from datalad_next.constraints import EnsureDataset, EnsureStr
 
 from ..credentials import (
     Credential,
@@ -15,6 +25,64 @@ from ..credentials import (
 )
 from ..remote_setup import recorded_credential
 from ..xnat.session import XnatSession, request_limits
+
+
+# -- parameters every command takes -----------------------------------------------
+
+#: ``--server``: a URL (checked by the library, which never quotes a URL
+#: that carries a password)
+SERVER = EnsureStr(min_len=1)
+#: ``--credential``: a DataLad credential name
+CREDENTIAL = EnsureStr(min_len=1)
+
+SERVER_DOC = """XNAT server. Default: git config datalad.fmrif.server, else
+            https://fmrif-xnat.nimh.nih.gov"""
+CREDENTIAL_DOC = """name of the credential stored by 'datalad fmrif-login'.
+            Default: git config datalad.fmrif.credential, else derived from
+            the server (fmrif-xnat)."""
+CONFIG_DATASET_DOC = """dataset whose configuration (`datalad.fmrif.server`,
+            `datalad.fmrif.credential`, `datalad.fmrif.ca-bundle`) to
+            use. Default: the dataset at the current directory, if any, else
+            the user's configuration."""
+
+
+def dataset_param(doc: str = CONFIG_DATASET_DOC) -> Parameter:
+    """``-d/--dataset``; the doc says what the command does with it."""
+    return Parameter(args=("-d", "--dataset"), doc=doc)
+
+
+def server_param(doc: str = SERVER_DOC) -> Parameter:
+    """``--server URL``."""
+    return Parameter(args=("--server",), metavar="URL", doc=doc)
+
+
+def credential_param(doc: str = CREDENTIAL_DOC) -> Parameter:
+    """``--credential NAME``."""
+    return Parameter(args=("--credential",), metavar="NAME", doc=doc)
+
+
+def dataset_constraint(purpose: str) -> EnsureDataset:
+    """``-d``: an installed dataset, for the *purpose* DataLad names in errors."""
+    return EnsureDataset(installed=True, purpose=purpose)
+
+
+# -- result records --------------------------------------------------------------------
+
+
+def result_record(action: str, status: str, message, *,
+                  exception: BaseException | None = None, **fields) -> dict:
+    """A DataLad result record; every command builds its records here.
+
+    ``exception``: the exception that caused this result, attached as a
+    DataLad ``CapturedException`` (``datalad -f json`` and the debug log show
+    its traceback). Only exceptions whose text holds no secret may be given:
+    DataLad prints that text wherever the message does not already contain
+    it.
+    """
+    if exception is not None and not isinstance(exception, CapturedException):
+        exception = CapturedException(exception)
+    return get_status_dict(action=action, status=status, message=message,
+                           exception=exception, **fields)
 
 
 def xnat_session(cfg, server: str | None, credential: str | None,
@@ -65,8 +133,8 @@ def dataset_here(purpose: str):
 
 def not_in_dataset(action: str, error: NotInDataset) -> dict:
     """The result that says so."""
-    return {"action": action, "status": "impossible", "message": str(error),
-            "path": os.getcwd(), "type": "dataset"}
+    return result_record(action, "impossible", str(error), exception=error,
+                         path=os.getcwd(), type="dataset")
 
 
 def command_config(dataset):

@@ -1,21 +1,19 @@
 """``datalad fmrif-list``: a project's subjects or sessions, as the CSV that
 ``fmrif-download`` reads.
 
-The output has the form of XNAT's Processing Dashboard export (every field
-double-quoted, CRLF between lines, no final line end), so that what one
-command writes the other reads unchanged, and a spreadsheet opens it like
-the file people already know. Labels in it (MRNs, names, accession numbers)
-identify study participants: a file written with ``-o`` is readable by its
-owner only, and existing files are never overwritten.
+The command translates between DataLad and the library: the listing queries
+are in :mod:`datalad_fmrif.xnat.listing`, the CSV (the form of XNAT's
+Processing Dashboard export) is written by :mod:`datalad_fmrif.subjects`,
+next to its reader. Labels in it (MRNs, names, accession numbers) identify
+study participants: a file written with ``-o`` is readable by its owner
+only, and existing files are never overwritten.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 
 from datalad_next.commands import (
@@ -26,139 +24,39 @@ from datalad_next.commands import (
     build_doc,
     datasetmethod,
     eval_results,
-    get_status_dict,
 )
 from datalad_next.constraints import (
     Constraint,
     EnsureBool,
-    EnsureDataset,
     EnsureStr,
     WithDescription,
 )
 
-from ..credentials import (
-    CredentialError,
-)
+from ..credentials import CredentialError
 from ..inputs import CommittableInput, refuse_if_committable
-from ..xnat.catalog import project_sessions, project_subjects, session_files
+from ..subjects import COLUMNS, csv_row_text, csv_text
 from ..xnat.errors import AccessDenied, NotFound, XnatError
-from ..xnat.session import XnatSession
-from ._common import command_config, xnat_session
+from ..xnat.listing import list_sessions, list_subjects
+from ._common import (
+    CONFIG_DATASET_DOC,
+    CREDENTIAL,
+    SERVER,
+    command_config,
+    credential_param,
+    dataset_constraint,
+    dataset_param,
+    result_record,
+    server_param,
+    xnat_session,
+)
 
-lgr = logging.getLogger("datalad.fmrif.commands.list")
 
 ACTION = "fmrif-list"
 
-#: CSV header -> result record field, per kind of row. "Accession ID", not
-#: "Session ID": fmrif-download reads a column named "Session ID" as the
-#: session filter, and the listing already has one (the label).
-COLUMNS = {
-    "subject": (("Project", "project"), ("Subject", "subject")),
-    "session": (("Project", "project"), ("Subject", "subject"),
-                ("Session", "session"), ("Accession ID", "session_id"),
-                ("Date", "date"), ("Scans", "scans"), ("Files", "files"),
-                ("Size", "size")),
-}
-#: file listings in flight at once: fast enough, and polite to the server
-LISTING_WORKERS = 4
 PROJECT_ID = r"[A-Za-z0-9_-]+\Z"  # EnsureStr matches a prefix only
 ISO_DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
 IDENTIFIERS = ("it holds identifiers of study participants (subject labels "
                "are MRNs or names)")
-
-
-# -- the CSV -----------------------------------------------------------------------
-
-
-def csv_line(values) -> str:
-    """One line as XNAT exports it: every field double-quoted."""
-    return ",".join('"' + str(v).replace('"', '""') + '"' for v in values)
-
-
-def csv_text(kind: str, rows: list[dict]) -> str:
-    """Header and rows, separated by CRLF, without a final line end."""
-    columns = COLUMNS[kind]
-    lines = [csv_line(header for header, _ in columns)]
-    lines += [csv_line(row[field] for _, field in columns) for row in rows]
-    return "\r\n".join(lines)
-
-
-def csv_row_text(columns, res: dict, *, terminal: bool) -> str:
-    """A row result as standard output gets it, the header before the first.
-
-    To a file or pipe: the export format (CRLF between lines, none after the
-    last), so that ``> FILE`` is byte for byte what ``-o FILE`` writes. To a
-    terminal: lines that end with a newline, so the prompt starts on a line
-    of its own.
-    """
-    line = csv_line(res.get(field, "") for _, field in columns)
-    if terminal:
-        head = csv_line(h for h, _ in columns) + "\n" if res["row"] == 1 else ""
-        return head + line + "\n"
-    if res["row"] == 1:
-        return csv_line(h for h, _ in columns) + "\r\n" + line
-    return "\r\n" + line
-
-
-# -- what XNAT holds -------------------------------------------------------------------
-
-
-def _session_date(text: str) -> date | None:
-    try:
-        return date.fromisoformat(text[:10])
-    except ValueError:
-        return None
-
-
-def _in_range(session, since: date | None, until: date | None) -> bool:
-    if since is None and until is None:
-        return True
-    day = _session_date(session.date)
-    if day is None:
-        return False  # no date: cannot be said to be in any range
-    return (since is None or day >= since) and (until is None or day <= until)
-
-
-def list_subjects(xnat: XnatSession, project: str, since: date | None,
-                  until: date | None) -> list[dict]:
-    """One row per subject, by label; with a date range, only subjects with a
-    session in it. One request either way: the subject listing, or with
-    dates the experiment listing (it carries the subject labels too)."""
-    if since is None and until is None:
-        subjects = list(project_subjects(xnat, project).values())
-    else:
-        subjects = list({subject.id: subject
-                         for subject, session in project_sessions(xnat, project)
-                         if _in_range(session, since, until)}.values())
-    subjects.sort(key=lambda s: s.label)
-    return [{"project": project, "subject": s.label, "subject_id": s.id}
-            for s in subjects]
-
-
-def list_sessions(xnat: XnatSession, project: str, since: date | None,
-                  until: date | None) -> list[dict]:
-    """One row per session, with counts from its file listing: one request
-    for the project's sessions, then one per session in range."""
-    pairs = [(subject, session) for subject, session in project_sessions(xnat, project)
-             if _in_range(session, since, until)]
-    pairs.sort(key=lambda p: (p[0].label, p[1].date or "9999", p[1].id))
-
-    def count(pair):
-        subject, session = pair
-        files, rejected = session_files(xnat, session)
-        if rejected:
-            lgr.warning("session %s: %d file rows of XNAT's listing were not "
-                        "counted (%s)", session.id, len(rejected), rejected[0])
-        return {
-            "project": project, "subject": subject.label,
-            "subject_id": subject.id, "session": session.label,
-            "session_id": session.id, "date": session.date,
-            "scans": len({f.scan_id for f in files}), "files": len(files),
-            "size": sum(f.size for f in files),
-        }
-
-    with ThreadPoolExecutor(LISTING_WORKERS) as pool:
-        return list(pool.map(count, pairs))
 
 
 # -- parameters ------------------------------------------------------------------------
@@ -191,10 +89,9 @@ class ListParamValidator(EnsureCommandParameterization):
                     error_message="an XNAT project ID (FMRIF protocol "
                     "number, like 17-M-0181) has only letters, digits, '_' "
                     "and '-'"),
-                dataset=EnsureDataset(installed=True,
-                                      purpose="read its XNAT configuration"),
-                server=EnsureStr(min_len=1),
-                credential=EnsureStr(min_len=1),
+                dataset=dataset_constraint("read its XNAT configuration"),
+                server=SERVER,
+                credential=CREDENTIAL,
                 sessions=EnsureBool(),
                 since=EnsureIsoDate(),
                 until=EnsureIsoDate(),
@@ -250,23 +147,9 @@ class FmrifList(ValidatedInterface):
             metavar="PROJECT",
             doc="""XNAT project ID (the FMRIF protocol number, e.g.
             17-M-0181)."""),
-        dataset=Parameter(
-            args=("-d", "--dataset"),
-            doc="""dataset whose configuration (`datalad.fmrif.server`,
-            `datalad.fmrif.credential`, `datalad.fmrif.ca-bundle`) to
-            use. Default: the dataset at the current directory, if any, else
-            the user's configuration. Nothing is written to it."""),
-        server=Parameter(
-            args=("--server",),
-            metavar="URL",
-            doc="""XNAT server. Default: git config datalad.fmrif.server, else
-            https://fmrif-xnat.nimh.nih.gov"""),
-        credential=Parameter(
-            args=("--credential",),
-            metavar="NAME",
-            doc="""name of the credential stored by 'datalad fmrif-login'.
-            Default: git config datalad.fmrif.credential, else derived from
-            the server (fmrif-xnat)."""),
+        dataset=dataset_param(CONFIG_DATASET_DOC + " Nothing is written to it."),
+        server=server_param(),
+        credential=credential_param(),
         sessions=Parameter(
             args=("--sessions",),
             action="store_true",
@@ -311,20 +194,18 @@ class FmrifList(ValidatedInterface):
         kind = "session" if sessions else "subject"
 
         def failed(msg, status="impossible", **kw):
-            return get_status_dict(action=ACTION, status=status, type="project",
-                                   project=project,
-                                   message=f"cannot list project {project}: {msg}",
-                                   **kw)
+            return result_record(ACTION, status, f"cannot list project {project}: {msg}",
+                                 type="project", project=project, **kw)
 
         if output is not None:
             # before any request: the answer does not depend on XNAT
             output = os.path.abspath(os.path.expanduser(output))
             if os.path.lexists(output):
-                yield get_status_dict(
-                    action=ACTION, status="impossible", type="file", path=output,
-                    message=f"{output} exists; it is not overwritten (a subject "
+                yield result_record(
+                    ACTION, "impossible",
+                    f"{output} exists; it is not overwritten (a subject "
                     "list is never replaced by accident). Remove it or choose "
-                    "another file")
+                    "another file", type="file", path=output)
                 return
             try:
                 refuse_if_committable(output, "the output file")
@@ -334,7 +215,7 @@ class FmrifList(ValidatedInterface):
         try:
             xnat = xnat_session(command_config(dataset), server, credential)
         except CredentialError as e:
-            yield failed(str(e))
+            yield failed(str(e), exception=e)
             return
         server_url = xnat.server
 
@@ -342,19 +223,20 @@ class FmrifList(ValidatedInterface):
         try:
             with xnat:
                 rows = listing(xnat, project, since, until)
-        except NotFound:
+        except NotFound as e:
             yield failed(f"XNAT at {server_url} has no project {project} (404), "
                          "or hides it from this account; check the project ID "
                          "(the FMRIF protocol number, like 17-M-0181)",
-                         server=server_url)
+                         server=server_url, exception=e)
             return
-        except AccessDenied:
+        except AccessDenied as e:
             yield failed(f"XNAT at {server_url} denies this account access to "
                          f"project {project} (403); ask the project owner for "
-                         "access on the XNAT web page", server=server_url)
+                         "access on the XNAT web page", server=server_url,
+                         exception=e)
             return
         except XnatError as e:  # a rejected credential, an unreachable server...
-            yield failed(str(e), status="error", server=server_url)
+            yield failed(str(e), status="error", server=server_url, exception=e)
             return
 
         if not rows:
@@ -365,28 +247,27 @@ class FmrifList(ValidatedInterface):
                     what += f" from {since.isoformat()}"
                 if until is not None:
                     what += f" until {until.isoformat()}"
-            yield get_status_dict(
-                action=ACTION, status="notneeded", type="project",
-                project=project, server=server_url,
-                message=f"project {project} on {server_url} has no {what}; "
-                        "nothing written")
+            yield result_record(
+                ACTION, "notneeded",
+                f"project {project} on {server_url} has no {what}; nothing written",
+                type="project", project=project, server=server_url)
             return
         if output is None:
             for n, row in enumerate(rows, 1):
-                yield get_status_dict(action=ACTION, status="ok", type=kind,
-                                      row=n, **row)
+                yield result_record(ACTION, "ok", None, type=kind, row=n, **row)
             return
         try:
-            _write_new(output, csv_text(kind, rows).encode("utf-8"))
+            _write_new(output, csv_text(COLUMNS[kind], rows).encode("utf-8"))
         except OSError as e:
             yield failed(f"cannot write {output}: {e.strerror}", status="error",
-                         path=output)
+                         path=output, exception=e)
             return
-        yield get_status_dict(
-            action=ACTION, status="ok", type="file", path=output,
-            project=project, server=server_url, rows=len(rows),
-            message=f"wrote {len(rows)} rows to {output} (mode 600); "
-                    f"{IDENTIFIERS}: keep it out of any dataset")
+        yield result_record(
+            ACTION, "ok",
+            f"wrote {len(rows)} rows to {output} (mode 600); "
+            f"{IDENTIFIERS}: keep it out of any dataset",
+            type="file", path=output, project=project, server=server_url,
+            rows=len(rows))
 
     @staticmethod
     def custom_result_renderer(res, **kwargs):

@@ -14,7 +14,7 @@ from datalad_next.commands import (
     datasetmethod,
     eval_results,
 )
-from datalad_next.constraints import EnsureDataset, EnsureListOf, EnsureStr
+from datalad_next.constraints import EnsureListOf, EnsureStr
 
 from .. import failures
 from ..credentials import CredentialError
@@ -29,7 +29,19 @@ from ..report import status_line, status_summary
 from ..xnat.catalog import session_catalog, subject_sessions
 from ..xnat.errors import AccessDenied, NotFound, XnatError
 from ..xnat.records import Session, Subject
-from ._common import NotInDataset, dataset_here, not_in_dataset, xnat_session
+from ._common import (
+    CREDENTIAL,
+    SERVER,
+    NotInDataset,
+    credential_param,
+    dataset_constraint,
+    dataset_here,
+    dataset_param,
+    not_in_dataset,
+    result_record,
+    server_param,
+    xnat_session,
+)
 
 lgr = logging.getLogger("datalad.fmrif.commands.status")
 
@@ -59,24 +71,19 @@ class FmrifStatus(ValidatedInterface):
     """
 
     _validator_ = EnsureCommandParameterization(dict(
-        dataset=EnsureDataset(installed=True, purpose="check against XNAT"),
-        server=EnsureStr(min_len=1),
-        credential=EnsureStr(min_len=1),
+        dataset=dataset_constraint("check against XNAT"),
+        server=SERVER,
+        credential=CREDENTIAL,
         path=EnsureListOf(EnsureStr(min_len=1)),
     ))
 
     _params_ = dict(
-        dataset=Parameter(
-            args=("-d", "--dataset"),
-            doc="dataset to check. Default: the dataset of the current directory."),
-        server=Parameter(
-            args=("--server",),
-            metavar="URL",
-            doc="""XNAT server; default: the one the manifests name."""),
-        credential=Parameter(
-            args=("--credential",),
-            metavar="NAME",
-            doc="""credential stored by 'datalad fmrif-login'; default:
+        dataset=dataset_param(
+            "dataset to check. Default: the dataset of the current directory."),
+        server=server_param(
+            """XNAT server; default: the one the manifests name."""),
+        credential=credential_param(
+            """credential stored by 'datalad fmrif-login'; default:
             git config datalad.fmrif.credential, else the one the dataset's
             fmrif remote records, else derived from the server."""),
         path=Parameter(
@@ -112,9 +119,9 @@ class FmrifStatus(ValidatedInterface):
         root = Path(ds.path)
 
         def result(status, message, *, where=None, type="session", **fields):
-            return dict(action=ACTION, status=status, message=message,
-                        path=str(root / where) if where else str(root),
-                        type=type, refds=str(root), **fields)
+            return result_record(ACTION, status, message,
+                                 path=str(root / where) if where else str(root),
+                                 type=type, refds=str(root), **fields)
 
         wanted = None
         if path:
@@ -127,7 +134,7 @@ class FmrifStatus(ValidatedInterface):
             try:
                 every = manifests = load_manifests(where)
             except ValueError as e:
-                yield result("error", str(e), type="dataset")
+                yield result("error", str(e), type="dataset", exception=e)
                 return
             prefixes = _inside(wanted, inner)
             if prefixes == []:
@@ -152,7 +159,7 @@ class FmrifStatus(ValidatedInterface):
             xnat = xnat_session(ds.config, server or servers.pop(), credential,
                                 dataset=ds.path)
         except CredentialError as e:
-            yield result("impossible", str(e), type="dataset")
+            yield result("impossible", str(e), type="dataset", exception=e)
             return
 
         def result_in(sub: Path):
@@ -169,7 +176,7 @@ class FmrifStatus(ValidatedInterface):
                                       result if where == root else result_in(where),
                                       failures.load(where), where)
         except XnatError as e:
-            yield result("error", str(e), type="dataset")
+            yield result("error", str(e), type="dataset", exception=e)
 
     @staticmethod
     def custom_result_renderer(res, **kwargs):
@@ -314,7 +321,8 @@ def _check(xnat, manifests: dict, every: dict, prefixes, result, failed: dict,
             try:
                 yield from _check_session(xnat, m, listed[sid], result, failed, root)
             except AccessDenied as e:  # e.g. a session no longer readable
-                yield result("error", str(e), where=_folder(m), xnat_session_id=sid)
+                yield result("error", str(e), where=_folder(m), xnat_session_id=sid,
+                             exception=e)
 
 
 def _check_session(xnat, manifest: dict, session: Session, result, failed: dict,

@@ -2,7 +2,8 @@
 
 XNAT's own docs warn that basic auth on every request opens a server session
 each time. We log in once (one request), let xnatpy set up the connection
-around that JSESSIONID, reuse it from any number of threads, and log in again
+around that JSESSIONID (through one adapter, .xnatpy_adapter, which says why
+each adjustment is needed), reuse it from any number of threads, and log in again
 exactly once when XNAT says the session expired. A rejected secret (401 on the
 login itself) is final: it is remembered across processes and never sent
 again, because NIH accounts lock after a few failed logins.
@@ -10,15 +11,10 @@ again, because NIH accounts lock after a few failed logins.
 
 from __future__ import annotations
 
-import contextlib
-import html
 import json
 import logging
-import os
-import re
 import threading
 import time
-import types
 from typing import Any
 
 import requests
@@ -37,6 +33,8 @@ from .errors import (
     UnknownAuthProvider,
     XnatError,
 )
+from .loginpage import login_form
+from .xnatpy_adapter import connect, pin_ca_bundle
 
 lgr = logging.getLogger("datalad.fmrif.xnat")
 
@@ -61,8 +59,6 @@ DEFAULT_RETRIES = 4  # per request or file: 5 attempts, 7.5 s of waiting
 # a server that answers at all accepts a connection at once; waiting the
 # read timeout for a silent one (VPN down) would cost minutes per attempt
 CONNECT_TIMEOUT = 15.0
-# connections kept per host: one per parallel job (-J allows up to 32)
-POOL_SIZE = 32
 
 
 def request_limits(cfg) -> dict:
@@ -131,134 +127,6 @@ def _could_not_connect(error: Exception) -> bool:
 def looks_like_html(head: bytes) -> bool:
     """An XNAT error page, whatever the status said."""
     return head.lstrip()[:1] == b"<"
-
-
-class _CaBundleAdapter(requests.adapters.HTTPAdapter):
-    """Verifies with one CA bundle, whatever ``REQUESTS_CA_BUNDLE`` says.
-
-    requests lets that variable override a session's ``verify`` setting, so
-    a bundle configured in ``datalad.fmrif.ca-bundle`` would lose to it.
-    """
-
-    def __init__(self, bundle: str, **pool):
-        super().__init__(**pool)
-        self.bundle = bundle
-
-    def send(self, request, **kwargs):
-        kwargs["verify"] = self.bundle
-        return super().send(request, **kwargs)
-
-
-def _pin_ca_bundle(session: requests.Session, verify: str | bool) -> None:
-    if isinstance(verify, str):
-        session.mount("https://", _CaBundleAdapter(verify))
-
-
-def _pooled(session: requests.Session, verify: str | bool) -> None:
-    """Keep a connection per parallel job: requests' default pool of 10
-    would close and reopen connections beyond that, one TLS handshake each."""
-    pool = {"pool_connections": POOL_SIZE, "pool_maxsize": POOL_SIZE}
-    session.mount("http://", requests.adapters.HTTPAdapter(**pool))
-    session.mount("https://", _CaBundleAdapter(verify, **pool) if isinstance(verify, str)
-                  else requests.adapters.HTTPAdapter(**pool))
-
-
-@contextlib.contextmanager
-def _ca_bundle_for_xnatpy(verify: str | bool):
-    """xnatpy 0.8 applies only ``verify=False`` to the session it creates, so
-    during ``xnat.connect`` the environment is the one way to pass a bundle."""
-    saved = os.environ.get("REQUESTS_CA_BUNDLE")
-    if not isinstance(verify, str) or saved == verify:
-        yield
-        return
-    os.environ["REQUESTS_CA_BUNDLE"] = verify
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["REQUESTS_CA_BUNDLE"]
-        else:
-            os.environ["REQUESTS_CA_BUNDLE"] = saved
-
-
-class _NoRedirects(requests.Session):
-    """xnatpy's session: a redirect is an answer, never followed (it may lead
-    off the configured server, and the session cookie with it)."""
-
-    def request(self, method, url, *args, **kwargs):
-        kwargs["allow_redirects"] = False
-        return super().request(method, url, *args, **kwargs)
-
-
-_XNATPY_PATCH = threading.Lock()
-
-
-@contextlib.contextmanager
-def _xnatpy_without_redirects():
-    """xnatpy 0.8 makes its own requests.Session, which follows redirects,
-    and moves to whatever server a redirect of ``GET /`` names: during
-    ``xnat.connect`` it gets a session class that does not."""
-    import xnat
-
-    shim = types.ModuleType(requests.__name__)
-    shim.__dict__.update(vars(requests))
-    shim.Session = _NoRedirects
-    with _XNATPY_PATCH:
-        saved, xnat.requests = xnat.requests, shim
-        try:
-            yield
-        finally:
-            xnat.requests = saved
-
-
-def login_form(cred: Credential) -> dict:
-    """The form of ``PUT /data/services/auth``: ``authenticatorId`` names
-    the provider ID when one is known (AuthenticationRestlet); alias tokens
-    are always checked by XNAT's token method and name none."""
-    form = {"username": cred.user, "password": cred.secret}
-    if cred.auth_provider and not cred.is_token:
-        form["authenticatorId"] = cred.auth_provider
-    return form
-
-
-_OPTION = re.compile(r"<option\s+value=\"([^\"]*)\"[^>]*>([^<]*)</option>", re.I)
-_SELECT = re.compile(r"<select[^>]*\bid=\"login_method\"[^>]*>(.*?)</select>", re.I | re.S)
-_HIDDEN = re.compile(r"<input[^>]*\bid=\"login_method\"[^>]*\bvalue=\"([^\"]*)\"", re.I)
-
-
-def parse_login_providers(page: str) -> list[tuple[str, str]]:
-    """(provider ID, display name) from XNAT's login page (Login.vm): a
-    ``<select id="login_method">`` when there are several, else a hidden
-    field with the one provider ID."""
-    select = _SELECT.search(page)
-    if select:
-        return [(html.unescape(v), html.unescape(n).strip())
-                for v, n in _OPTION.findall(select.group(1)) if v]
-    hidden = _HIDDEN.search(page)
-    return [(html.unescape(hidden.group(1)), "")] if hidden else []
-
-
-def login_providers(server: str, *, verify: str | bool = True,
-                    timeout: float = 30.0) -> list[tuple[str, str]]:
-    """The authentication providers XNAT's login page offers (no login;
-    one GET). Raises ServerUnreachable or TlsError."""
-    probe = requests.Session()
-    probe.verify = verify
-    _pin_ca_bundle(probe, verify)
-    try:
-        response = probe.get(f"{server.rstrip('/')}/app/template/Login.vm",
-                             timeout=timeout, allow_redirects=False)
-    except requests.exceptions.SSLError as e:
-        raise TlsError(f"cannot verify the TLS certificate of {server} "
-                       f"({type(e).__name__})") from None
-    except requests.exceptions.RequestException as e:
-        raise ServerUnreachable(
-            f"cannot reach XNAT at {server}: {type(e).__name__}") from None
-    finally:
-        probe.close()
-    if response.status_code != 200:
-        return []
-    return parse_login_providers(response.text[:200_000])
 
 
 class XnatSession:
@@ -347,8 +215,6 @@ class XnatSession:
                     attempts=0,
                 )
             jsession = self._request_jsession()
-        import xnat
-
         old, self._xnat = self._xnat, None
         if old is not None:
             try:
@@ -356,16 +222,8 @@ class XnatSession:
             except Exception:  # noqa: BLE001
                 pass
         try:
-            with _ca_bundle_for_xnatpy(self.verify), _xnatpy_without_redirects():
-                self._xnat = xnat.connect(
-                    self.server,
-                    jsession=jsession,
-                    verify=self.verify,
-                    no_parse_model=True,
-                    logger=_XNATPY_LOGGER,
-                    default_timeout=self.timeout,
-                )
-            _pooled(self._xnat.interface, self.verify)
+            self._xnat = connect(self.server, jsession, verify=self.verify,
+                                 timeout=self.timeout, logger=_XNATPY_LOGGER)
         except requests.exceptions.SSLError as e:
             raise self._tls_error(e) from None
         except requests.exceptions.RequestException as e:
@@ -387,7 +245,7 @@ class XnatSession:
         cred = self.credential
         probe = requests.Session()
         probe.verify = self.verify
-        _pin_ca_bundle(probe, self.verify)
+        pin_ca_bundle(probe, self.verify)
         self.login_attempts += 1
         try:
             if cred.is_token:

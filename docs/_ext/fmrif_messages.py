@@ -13,6 +13,7 @@ What counts as a message (found with :mod:`ast`, nothing is imported):
   constraints;
 - result records that report a failure: ``failed("...")``,
   ``result("error", "...")``, ``self._result("impossible", "...")``,
+  ``result_record(ACTION, "error", "...")``, ``outcome("error", "...")``,
   ``get_status_dict(status="error", message="...")`` (``ok`` and
   ``notneeded`` results are not failures);
 - warnings and errors sent to the log (``lgr.warning("...")``);
@@ -49,6 +50,8 @@ _RESULT_CALLS = {
     "failed": (None, 0, "impossible"),
     "result": (0, 1, None),
     "_result": (0, 1, None),
+    "result_record": (1, 2, None),  # commands/_common.py: (action, status, message)
+    "outcome": (0, 1, None),  # credentials/login.py: what a login action gave
 }
 _NOT_FAILURES = {"ok", "notneeded"}
 _LOG_LEVELS = {"warning": "warning", "error": "error", "critical": "error"}

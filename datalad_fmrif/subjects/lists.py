@@ -1,40 +1,23 @@
-"""The subject list: which XNAT subjects to download, read from a CSV file.
+"""Subject lists and pseudonym mappings: which XNAT subjects to download,
+and what to call them in the dataset.
 
-The usual input is XNAT's Processing Dashboard export ``processing_data.csv``
-(every field double-quoted, CRLF line ends, no final newline, header cells that
-may end in a non-breaking space, a ``Project`` column only in the
-cross-project view, sometimes status columns). People also edit that file in
-Excel (byte-order mark, ``;`` or tab separators, UTF-16 "Unicode text", blank
-lines, stray spaces) or write a plain list with one label per line. All of
-these are read here; anything else is refused with a :class:`SubjectListError`
-whose message names the line and the problem.
+A list is rows of cells (see :mod:`.csvfile`) with an optional header
+naming the columns: Subject (required), Project, Pseudonym, Session. A plain
+list has one label per line. Rows naming the same subject are merged.
+Errors name the line and the column, never the label.
 
-Subject labels are MRNs or names, session labels are accession numbers: they
-identify study participants. Error messages and notes therefore name the line
-and the column, never the label itself, because they end up in logs.
-
-Everything here is pure: bytes in, records out.
+Pure: bytes in, records out.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-import unicodedata
 from dataclasses import dataclass, replace
 
-__all__ = [
-    "SubjectRequest",
-    "SubjectList",
-    "SubjectListError",
-    "parse_subject_list",
-    "read_pseudonyms",
-    "apply_pseudonyms",
-]
-
-MAX_BYTES = 50 * 1024 * 1024
-MAX_ROWS = 100_000
-MAX_LABEL_LENGTH = 256
+from .csvfile import rows as read_rows
+from .errors import SubjectListError
+from .values import check_label, check_project, check_pseudonym, check_session
 
 
 @dataclass(frozen=True)
@@ -48,18 +31,6 @@ class SubjectRequest:
     line: int  # 1-based line of the (first) row naming this subject
 
 
-class SubjectListError(ValueError):
-    """A subject list (or pseudonym mapping) that cannot be used.
-
-    The message starts with ``line N:`` when a line is to blame; ``line`` is
-    that number (or ``None``).
-    """
-
-    def __init__(self, problem: str, line: int | None = None):
-        self.line = line
-        super().__init__(f"line {line}: {problem}" if line is not None else problem)
-
-
 @dataclass(frozen=True)
 class SubjectList:
     requests: tuple[SubjectRequest, ...]
@@ -67,8 +38,7 @@ class SubjectList:
     sha256: str  # of the raw input bytes; the content itself holds identifiers
 
 
-# --------------------------------------------------------------------------
-# columns
+# -- columns ------------------------------------------------------------------
 
 # Header cells are compared after _normalize_header(): lower case, '_' and
 # '-' as spaces, runs of white space as one space.
@@ -88,15 +58,6 @@ _OTHER_HEADER_NAMES = {
     "accession", "accession number", "scan date", "session date",
 }
 _AMBIGUOUS_SUBJECT_NAMES = {"subject id", "mrn", "name", "id"}
-
-_DELIMITERS = ("\t", ";", ",")  # preference on a tie: the rarest in text first
-
-# XNAT labels use letters, digits, '_' and '-'; FMRIF subject labels are
-# MRNs or names written like DOE^JANE, sometimes with spaces or dots.
-_LABEL_RE = re.compile(r"[A-Za-z0-9_\-^. ]+")
-_SESSION_RE = re.compile(r"[A-Za-z0-9_\-^.]+")  # several per cell: no spaces
-_PROJECT_RE = re.compile(r"[A-Za-z0-9_\-]+")
-_PSEUDONYM_RE = re.compile(r"[A-Za-z0-9]+")  # becomes sub-<pseudonym> (BIDS)
 
 
 def _normalize_header(cell: str) -> str:
@@ -128,277 +89,7 @@ def _looks_like_header(cells: list[str], *, loose: bool = True) -> bool:
     return loose and len(words) > 1 and all(_HEADER_WORD_RE.fullmatch(c) for c in words)
 
 
-# --------------------------------------------------------------------------
-# bytes -> text -> rows
-
-
-def _decode(data: bytes) -> str:
-    """Return the text of *data*, or raise SubjectListError."""
-    if len(data) > MAX_BYTES:
-        raise SubjectListError(
-            f"the subject list is too large ({len(data)} bytes; at most "
-            f"{MAX_BYTES} are accepted)"
-        )
-    if data.startswith(b"PK\x03\x04"):
-        raise SubjectListError(
-            "the subject list does not look like a text file (it looks like "
-            "an Excel workbook or another zip file); save it as CSV"
-        )
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        # Excel's "Unicode text": UTF-16 with a byte-order mark
-        try:
-            text = data.decode("utf-16")
-        except UnicodeDecodeError:
-            raise SubjectListError(
-                "the subject list does not look like a text file (it starts "
-                "like UTF-16 but is not valid UTF-16)"
-            ) from None
-        if "\x00" in text:
-            raise SubjectListError(
-                "the subject list does not look like a text file (it contains "
-                "NUL characters)"
-            )
-        return text
-    if b"\x00" in data:
-        raise SubjectListError(
-            "the subject list does not look like a text file (it contains NUL "
-            "bytes)"
-        )
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        start = 3 if data.startswith(b"\xef\xbb\xbf") else 0
-        bad = e.start + start
-        line = data.count(b"\n", 0, bad) + 1
-        if _is_legacy_text(data):
-            raise SubjectListError(
-                "the subject list is not UTF-8 or UTF-16 text (perhaps "
-                "Latin-1/Windows-1252); save it as 'CSV UTF-8' or as "
-                "'Unicode text'",
-                line,
-            ) from None
-        raise SubjectListError(
-            "the subject list does not look like a text file (it is not "
-            "UTF-8 or UTF-16 text)",
-            line,
-        ) from None
-
-
-def _is_legacy_text(data: bytes) -> bool:
-    """Whether *data* reads as Windows-1252 text without odd control bytes."""
-    try:
-        text = data.decode("cp1252")
-    except UnicodeDecodeError:
-        return False
-    return not any(
-        unicodedata.category(c) == "Cc" and c not in "\t\r\n" for c in text
-    )
-
-
-_LINE_END = re.compile(r"\r\n|\r|\n")
-
-
-def _physical_lines(text: str) -> list[str]:
-    lines = _LINE_END.split(text)
-    if lines and lines[-1] == "":
-        lines.pop()  # a final line end does not start another line
-    return lines
-
-
-def _count_outside_quotes(line: str, ch: str) -> int:
-    n = 0
-    quoted = False
-    for c in line:
-        if c == '"':
-            quoted = not quoted
-        elif c == ch and not quoted:
-            n += 1
-    return n
-
-
-def _sniff_delimiter(lines: list[str]) -> str | None:
-    """The separator used by the first non-blank line, or None (one column)."""
-    for line in lines:
-        if line.strip():
-            counts = {d: _count_outside_quotes(line, d) for d in _DELIMITERS}
-            best = max(_DELIMITERS, key=lambda d: counts[d])  # first on a tie
-            return best if counts[best] else None
-    return None
-
-
-_START, _UNQUOTED, _QUOTED, _AFTER_QUOTE = range(4)
-
-
-def _read_record(
-    lines: list[str], i: int, delimiter: str | None
-) -> tuple[list[str], int]:
-    """Split the record starting at ``lines[i]`` into stripped cells.
-
-    Returns the cells and the index of the next record's first line. Quoted
-    cells may span lines (Excel writes line breaks inside a cell that way).
-    """
-    line = lines[i]
-    if '"' not in line:  # the common case, fast
-        cells = line.split(delimiter) if delimiter else [line]
-        return [c.strip() for c in cells], i + 1
-    cells: list[str] = []
-    field: list[str] = []
-    state = _START
-    quote_line = i + 1
-    pos = 0
-    while True:
-        if pos == len(line):
-            if state == _QUOTED:
-                i += 1
-                if i == len(lines):
-                    raise SubjectListError(
-                        "unbalanced quotes: a quoted cell starts on this line "
-                        "and is never closed",
-                        quote_line,
-                    )
-                field.append("\n")
-                line = lines[i]
-                pos = 0
-                continue
-            cells.append("".join(field).strip())
-            return cells, i + 1
-        ch = line[pos]
-        pos += 1
-        if state == _QUOTED:
-            if ch == '"':
-                if pos < len(line) and line[pos] == '"':
-                    field.append('"')
-                    pos += 1
-                else:
-                    state = _AFTER_QUOTE
-            else:
-                field.append(ch)
-        elif ch == delimiter:
-            cells.append("".join(field).strip())
-            field = []
-            state = _START
-        elif state == _START:
-            if ch == '"':
-                field = []  # drop white space before the opening quote
-                state = _QUOTED
-                quote_line = i + 1
-            else:
-                field.append(ch)
-                if not ch.isspace():
-                    state = _UNQUOTED
-        elif state == _UNQUOTED:
-            field.append(ch)
-        elif not ch.isspace():  # _AFTER_QUOTE
-            raise SubjectListError(
-                f"unbalanced quotes: text after the closing quote of cell "
-                f"{len(cells) + 1}",
-                i + 1,
-            )
-
-
-def _rows(data: bytes) -> list[tuple[int, list[str]]]:
-    """Non-blank records of *data* as (line number, stripped cells)."""
-    text = _decode(data)
-    lines = _physical_lines(text)
-    delimiter = _sniff_delimiter(lines)
-    rows: list[tuple[int, list[str]]] = []
-    i = 0
-    while i < len(lines):
-        start = i + 1
-        cells, i = _read_record(lines, i, delimiter)
-        if any(cells):
-            rows.append((start, cells))
-            if len(rows) > MAX_ROWS + 1:  # + 1: a header line
-                raise SubjectListError(
-                    f"the subject list is too large (more than {MAX_ROWS} rows)"
-                )
-    if not rows:
-        raise SubjectListError("the subject list is empty")
-    return rows
-
-
-# --------------------------------------------------------------------------
-# checks of single values (never echo the value: it may identify a person)
-
-
-def _describe_char(c: str) -> str:
-    return repr(c) if c.isascii() and c.isprintable() else f"U+{ord(c):04X}"
-
-
-def _check_value(
-    value: str, *, line: int | None, column: str, allowed: re.Pattern,
-    allowed_text: str
-) -> str:
-    """Check one value; *column* names it in messages ("Subject" -> "the
-    Subject cell"; a name starting with "the " is used as it is)."""
-    what = column if column.startswith("the ") else f"the {column} cell"
-    if not value:
-        raise SubjectListError(f"{what} is empty", line)
-    if any(unicodedata.category(c) in ("Cc", "Cf") for c in value):
-        raise SubjectListError(
-            f"{what} contains a control character", line
-        )
-    if len(value) > MAX_LABEL_LENGTH:
-        raise SubjectListError(
-            f"{what} is longer than {MAX_LABEL_LENGTH} characters",
-            line,
-        )
-    if value[0] in "=+@" or (
-        value[0] == "-" and (len(value) == 1 or not value[1].isdigit())
-    ):
-        raise SubjectListError(
-            f"{what} looks like a spreadsheet formula (starts with "
-            f"{value[0]!r}); XNAT labels do not",
-            line,
-        )
-    if value in (".", ".."):
-        raise SubjectListError(f"{what} is not an XNAT label", line)
-    if not allowed.fullmatch(value):
-        bad = sorted({c for c in value if not allowed.fullmatch(c)})
-        raise SubjectListError(
-            f"{what} contains "
-            f"{', '.join(_describe_char(c) for c in bad)}; "
-            f"{allowed_text}",
-            line,
-        )
-    return value
-
-
-def _check_label(value: str, line: int, column: str) -> str:
-    return _check_value(
-        value, line=line, column=column, allowed=_LABEL_RE,
-        allowed_text="XNAT labels use only letters, digits, '_', '-', '^', "
-        "'.' and spaces",
-    )
-
-
-def _check_session(value: str, line: int, column: str) -> str:
-    return _check_value(
-        value, line=line, column=column, allowed=_SESSION_RE,
-        allowed_text="session labels and IDs use only letters, digits, '_', "
-        "'-', '^' and '.' (several sessions in one cell are separated by "
-        "spaces)",
-    )
-
-
-def _check_project(value: str, line: int | None, column: str) -> str:
-    return _check_value(
-        value, line=line, column=column, allowed=_PROJECT_RE,
-        allowed_text="XNAT project IDs use only letters, digits, '_' and '-'",
-    )
-
-
-def _check_pseudonym(value: str, line: int | None, column: str) -> str:
-    return _check_value(
-        value, line=line, column=column, allowed=_PSEUDONYM_RE,
-        allowed_text="pseudonyms become BIDS labels (sub-<pseudonym>) and may "
-        "use only letters and digits",
-    )
-
-
-# --------------------------------------------------------------------------
-# header
-
+# -- header -------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class _Columns:
@@ -494,9 +185,7 @@ def _check_width(line: int, cells: list[str], columns: _Columns) -> None:
         )
 
 
-# --------------------------------------------------------------------------
-# public functions
-
+# -- the lists -----------------------------------------------------------------
 
 def parse_subject_list(data: bytes, *, project: str | None = None) -> SubjectList:
     """Read a subject list (see the module docstring for accepted forms).
@@ -510,8 +199,8 @@ def parse_subject_list(data: bytes, *, project: str | None = None) -> SubjectLis
     if project is not None:
         project = project.strip() or None
     if project is not None:
-        project = _check_project(project, None, "the project option")
-    columns, data_rows = _header(_rows(data), what="subject list")
+        project = check_project(project, None, "the project option")
+    columns, data_rows = _header(read_rows(data), what="subject list")
 
     merged: dict[tuple[str | None, str], dict] = {}
     notes: list[str] = []
@@ -520,11 +209,11 @@ def parse_subject_list(data: bytes, *, project: str | None = None) -> SubjectLis
         label = _cell(cells, columns.subject)
         if not label:
             raise SubjectListError(f"the {columns.subject_name} cell is empty", line)
-        label = _check_label(label, line, columns.subject_name)
+        label = check_label(label, line, columns.subject_name)
 
         row_project = _cell(cells, columns.project)
         if row_project:
-            row_project = _check_project(row_project, line, columns.project_name)
+            row_project = check_project(row_project, line, columns.project_name)
             if project is not None and row_project != project:
                 raise SubjectListError(
                     f"the {columns.project_name} cell names another project "
@@ -536,10 +225,10 @@ def parse_subject_list(data: bytes, *, project: str | None = None) -> SubjectLis
 
         pseudonym = _cell(cells, columns.pseudonym) or None
         if pseudonym is not None:
-            pseudonym = _check_pseudonym(pseudonym, line, columns.pseudonym_name)
+            pseudonym = check_pseudonym(pseudonym, line, columns.pseudonym_name)
 
         sessions = tuple(
-            _check_session(s, line, columns.session_name)
+            check_session(s, line, columns.session_name)
             for s in _cell(cells, columns.session).split()
         )
 
@@ -625,7 +314,7 @@ def read_pseudonyms(data: bytes) -> dict[str, str]:
     Subject (or Label) and a Pseudonym column; other columns are ignored.
     The file forms accepted are those of :func:`parse_subject_list`.
     """
-    rows = _rows(data)
+    rows = read_rows(data)
     line, cells = rows[0]
     # not loose: a headerless mapping may start with a name-like label,
     # which must not end up in an error message as a "column name"
@@ -660,8 +349,8 @@ def read_pseudonyms(data: bytes) -> dict[str, str]:
             raise SubjectListError(f"the {label_name} cell is empty", line)
         if not pseudonym:
             raise SubjectListError(f"the {pseudo_name} cell is empty", line)
-        label = _check_label(label, line, label_name)
-        pseudonym = _check_pseudonym(pseudonym, line, pseudo_name)
+        label = check_label(label, line, label_name)
+        pseudonym = check_pseudonym(pseudonym, line, pseudo_name)
         if label in mapping:
             if mapping[label] != pseudonym:
                 raise SubjectListError(
@@ -695,7 +384,7 @@ def apply_pseudonyms(subjects: SubjectList, mapping: dict[str, str]) -> SubjectL
         if pseudonym is None:
             missing.append(request.line)
             continue
-        pseudonym = _check_pseudonym(pseudonym, request.line, "the pseudonym in the mapping")
+        pseudonym = check_pseudonym(pseudonym, request.line, "the pseudonym in the mapping")
         if request.pseudonym is not None and request.pseudonym != pseudonym:
             raise SubjectListError(
                 "the Pseudonym cell differs from the pseudonym mapping",

@@ -1,0 +1,50 @@
+"""The xnatpy connection (datalad_fmrif/xnat/xnatpy_adapter.py): xnatpy's
+session over a requests session of ours, without touching the process."""
+
+from __future__ import annotations
+
+import os
+
+import requests
+
+from datalad_fmrif.credentials import Credential, Rejections
+from datalad_fmrif.xnat.session import XnatSession
+from datalad_fmrif.xnat.xnatpy_adapter import POOL_SIZE, CaBundleAdapter, NoRedirects
+
+
+class _Watched(dict):
+    """os.environ, with a record of every change."""
+
+    def __init__(self, real):
+        super().__init__(real)
+        self.changes = []
+
+    def __setitem__(self, key, value):
+        self.changes.append(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self.changes.append(key)
+        super().__delitem__(key)
+
+
+def test_connecting_changes_no_environment(sandbox, tmp_path, monkeypatch):
+    """A configured CA bundle reaches xnatpy's session without
+    REQUESTS_CA_BUNDLE being set for the process (other threads would see
+    it), and xnatpy's connection is ours: no redirects, the bundle pinned,
+    a connection per job."""
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not needed for http\n")
+    watched = _Watched(os.environ)
+    monkeypatch.setattr(os, "environ", watched)
+    cred = Credential("sandbox", sandbox.user, sandbox.password, "environment")
+    with XnatSession(sandbox.url, cred, verify=str(bundle),
+                     rejections=Rejections(tmp_path / "rejected")) as xnat:
+        http = xnat.http
+        assert xnat.get_json("/data/projects")  # the connection works
+    assert watched.changes == []
+    assert isinstance(http, NoRedirects)
+    https = http.get_adapter("https://example.org")
+    assert isinstance(https, CaBundleAdapter) and https.bundle == str(bundle)
+    assert https._pool_maxsize == POOL_SIZE
+    assert isinstance(http.get_adapter("http://example.org"), requests.adapters.HTTPAdapter)
