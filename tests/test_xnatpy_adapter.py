@@ -48,3 +48,15 @@ def test_connecting_changes_no_environment(sandbox, tmp_path, monkeypatch):
     assert isinstance(https, CaBundleAdapter) and https.bundle == str(bundle)
     assert https._pool_maxsize == POOL_SIZE
     assert isinstance(http.get_adapter("http://example.org"), requests.adapters.HTTPAdapter)
+
+
+def test_no_keepalive_pings_to_die_on_the_terminal(sandbox, tmp_path):
+    """xnatpy's keep-alive thread would ping XNAT every few minutes and print
+    a traceback when the server has gone away; xnatpy consults its
+    ``keepalive`` before each ping, and ours is off (an expired session
+    costs one fresh login instead)."""
+    cred = Credential("sandbox", sandbox.user, sandbox.password, "environment")
+    with XnatSession(sandbox.url, cred,
+                     rejections=Rejections(tmp_path / "rejected")) as xnat:
+        assert xnat.get_json("/data/projects")
+        assert xnat._xnat.keepalive is False

@@ -22,6 +22,11 @@ them. What this module does differently from ``xnat.connect``, and why:
     parallel job (``POOL_SIZE``, the ``-J`` maximum), or every transfer
     beyond the tenth would open a connection and a TLS handshake anew.
 
+- **We turn off xnatpy's keep-alive pings**: its thread pings
+  ``/data/JSESSION`` every few minutes and, when the server has gone away,
+  dies with a traceback on the user's terminal ("Exception in thread
+  XNATpyKeepAliveThread"). An expired session costs one fresh login
+  instead (``XnatSession``), which every request already survives.
 - **We give xnatpy a logger with its ``verbose`` level**
   (:class:`XnatpyLogger`): ``xnat.connect`` adds that method to every
   logger of the process; we do not.
@@ -129,7 +134,8 @@ def connect(server: str, jsession: str, *, verify: str | bool, timeout: float,
                                logger=log, timeout=PILOT_TIMEOUT)
         return XNATSession(server=used, logger=log, interface=http,
                            original_uri=server, logged_in_user=user,
-                           default_timeout=timeout, jsession=jsession)
+                           default_timeout=timeout, jsession=jsession,
+                           keepalive=False)
     except BaseException:
         # as xnat.connect: end the server's session, best effort
         try:
