@@ -42,3 +42,17 @@ def test_a_login_outcome_carries_its_cause_but_never_the_secret(
     assert res["status"] == "error"
     assert res["exception"].name == ServerUnreachable.__name__
     assert "s3cret-Pa55" not in repr(res) and "s3cret-Pa55" not in str(res["exception"])
+
+
+def test_a_download_failure_carries_its_cause(ds, tmp_path):
+    """fmrif-download refusing a path template: the PlanError is attached."""
+    from datalad_fmrif.plan import PlanError
+
+    subjects = tmp_path / "subjects.txt"
+    subjects.write_text("Subject,Pseudonym\n12345678,P01\n")
+    [res] = dl.fmrif_download(str(subjects), dataset=ds.path, project="17-M-0181",
+                              path="{nonsense}/{file}", server="http://127.0.0.1:9",
+                              result_renderer="disabled", on_failure="ignore",
+                              return_type="list")
+    assert res["status"] == "impossible"
+    assert res["exception"].name == PlanError.__name__

@@ -42,7 +42,13 @@ from ..subjects import (
     read_pseudonyms,
 )
 from ..xnat.errors import XnatError
-from ._common import NotInDataset, dataset_here, not_in_dataset, xnat_session
+from ._common import (
+    NotInDataset,
+    dataset_here,
+    not_in_dataset,
+    result_record,
+    xnat_session,
+)
 
 lgr = logging.getLogger("datalad.fmrif.commands.download")
 
@@ -272,9 +278,9 @@ class FmrifDownload(ValidatedInterface):
             yield not_in_dataset(ACTION, e)
             return
 
-        def failed(msg, status="impossible"):
-            return {"action": ACTION, "status": status, "message": msg,
-                    "path": ds.path, "type": "dataset", "refds": ds.path}
+        def failed(msg, status="impossible", exception=None):
+            return result_record(ACTION, status, msg, exception=exception,
+                                 path=ds.path, type="dataset", refds=ds.path)
 
         subdatasets = subdatasets or slurm
         if pseudonyms and keep_labels:
@@ -286,7 +292,7 @@ class FmrifDownload(ValidatedInterface):
                 if given and given != "-":
                     refuse_if_committable(given, what)
         except CommittableInput as e:
-            yield failed(str(e))
+            yield failed(str(e), exception=e)
             return
         options = PlanOptions(
             template=path, include_series=include_series or None,
@@ -299,7 +305,7 @@ class FmrifDownload(ValidatedInterface):
                 inner_template(path)
             subject_list = _read_subjects(subjects, project, pseudonyms)
         except (PlanError, SubjectListError, LayoutError, OSError) as e:
-            yield failed(str(e))
+            yield failed(str(e), exception=e)
             return
         pseudonymous = any(r.pseudonym for r in subject_list.requests)
         if not pseudonymous and not keep_labels:
@@ -321,7 +327,7 @@ class FmrifDownload(ValidatedInterface):
             try:
                 server_url = resolve_server(server, ds.config)
             except CredentialError as e:
-                yield failed(str(e))
+                yield failed(str(e), exception=e)
                 return
             opts = DownloadOptions(
                 server=server_url, plan=options, keep_labels=keep_labels,
@@ -338,7 +344,7 @@ class FmrifDownload(ValidatedInterface):
         try:
             xnat = xnat_session(ds.config, server, credential, dataset=ds.path)
         except CredentialError as e:
-            yield failed(str(e))
+            yield failed(str(e), exception=e)
             return
         opts = DownloadOptions(
             server=xnat.server, plan=options, keep_labels=keep_labels,
@@ -355,7 +361,7 @@ class FmrifDownload(ValidatedInterface):
             with signals_interrupt(), held, xnat:
                 yield from run(ds, subject_list, opts, xnat).run()
         except (XnatError, RemoteSetupError, AnnexError) as e:
-            yield failed(str(e), status="error")
+            yield failed(str(e), status="error", exception=e)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (Interrupted)
             signame = getattr(e, "signame", "SIGINT")
             yield failed(f"fmrif-download was interrupted ({signame}). The dataset "
