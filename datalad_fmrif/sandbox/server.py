@@ -1,12 +1,18 @@
 """A local HTTP server that behaves like the parts of XNAT 1.8 we use.
 
-Written from XNAT's documented and observed behaviour (see docs/DESIGN.md,
-"XNAT facts"); it shares no code with the client.  It serves the synthetic
+Written from XNAT's own source (xnat-web 1.8.10.1, with Restlet 1.1.10 as
+XNAT 1.8 pins it; each behaviour's test in ``tests/sandbox/`` names the
+source file it follows) and XNAT's documented behaviour; it shares no code
+with the client.  It serves the synthetic
 :class:`~datalad_fmrif.sandbox.study.Study` on 127.0.0.1 with XNAT's login
 flow (form login, basic auth, JSESSIONID cookies, alias tokens, idle expiry,
 account lockout, authentication providers such as NIH's LDAP with XNAT's
 cached provider-less lookup, a cap on concurrent sessions), its JSON listings, single-file downloads (with ranges), zip
 streams, and injectable faults, latency and bandwidth limits.
+
+One module of about 1,400 lines, on purpose: it is one server, read as XNAT
+is read (login and sessions, listings, files and ranges, zips, faults), in
+that order, and a test that names a behaviour finds it here by its URL.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ Numbering (all deterministic):
 
 Tests change the study through the mutation methods; the changes live in small
 override dicts on top of the lazy generator.
+
+Longer than one reading (about 600 lines) because the numbering, the
+catalog rows and the content of one study only make sense together.
 """
 
 from __future__ import annotations
