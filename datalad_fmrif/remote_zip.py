@@ -194,7 +194,7 @@ class ResourceZips:
         adjusted branch) are left to the per-file path.
         """
         from .bulk import BulkFile
-        from .remote import key_facts
+        from .annex.keys import key_facts
 
         session = folder.split("/")[3]
         root = self._dataset_root()
@@ -252,7 +252,7 @@ class ResourceZips:
 
     def _take(self, rdir: Path, key: str, dest) -> bool:
         """Move the verified entry of ``key`` to ``dest``, if the cache has it."""
-        from .remote import key_facts
+        from .annex.keys import key_facts
 
         entry = rdir / key
         size, _md5 = key_facts(key)
