@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from . import __version__, bulk, failures
+from . import __version__, failures
+from .content import bulk
 from .annex import Annex, AnnexError
 from .plan import (
     PlanError,

@@ -4,7 +4,7 @@ A download registers each file with its XNAT URL (claimed by this remote) and
 an ``MD5E`` key built from XNAT's size and digest. Later, here or in a clone,
 ``datalad get`` asks git-annex, git-annex asks this remote, and this remote
 downloads the file through one logged-in XNAT session per process, verified
-against the key (:mod:`datalad_fmrif.transfer`).
+against the key (:mod:`datalad_fmrif.content.transfer`).
 
 Set-up (``fmrif-download`` does this)::
 
@@ -277,7 +277,7 @@ class FmrifRemote(SpecialRemote):
     # -- content -----------------------------------------------------------------
 
     def transfer_retrieve(self, key, filename):
-        from .transfer import fetch
+        from .content.transfer import fetch
 
         size, md5 = key_facts(key)
         urls = self._urls(key)
@@ -298,8 +298,8 @@ class FmrifRemote(SpecialRemote):
 
     def _from_zip(self, key, urls, filename) -> bool:
         """Serve ``key`` from a zip of its scan resource when that pays
-        (:mod:`datalad_fmrif.remote_zip`); False: fetch it on its own."""
-        from .remote_zip import ResourceZips
+        (:mod:`datalad_fmrif.content.remote_zip`); False: fetch it on its own."""
+        from .content.remote_zip import ResourceZips
 
         if self._zips is None:
             self._zips = ResourceZips(self.server, self.annex.getgitdir())
