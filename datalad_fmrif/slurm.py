@@ -51,7 +51,7 @@ from .credentials import (
     env_names,
     resolve_credential_name,
 )
-from .download import ACTION, DownloadOptions, now_iso
+from .pipeline import ACTION, DownloadOptions, now_iso
 from .provenance import options_from_record, options_record
 from .subdatasets import (
     fill_subject,

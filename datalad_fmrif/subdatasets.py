@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import __version__
-from .download import ACTION, Download, DownloadOptions, now_iso
+from .pipeline import ACTION, Download, DownloadOptions, now_iso
 from .plan import PlanError, sanitize_label
 from .provenance import MANIFEST_DIR, run_record, run_record_message
 from .subjects import SubjectList, SubjectRequest

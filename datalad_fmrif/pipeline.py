@@ -1,5 +1,8 @@
 """The download: subject list -> XNAT catalog -> plan -> annex -> commit.
 
+(The library side of ``datalad fmrif-download``; :mod:`.commands.download`
+only translates between DataLad and this module.)
+
 Everything that talks to XNAT goes through one logged-in ``XnatSession``;
 everything that touches the dataset goes through batched git-annex calls.
 The order of the steps is what makes an interrupted run harmless:
@@ -8,7 +11,7 @@ The order of the steps is what makes an interrupted run harmless:
 2. register the new files with their XNAT keys, URLs and metadata
    (content-less);
 3. fetch content: one zip stream per scan resource that lacks it (every
-   entry checked against XNAT's size and MD5, :mod:`.bulk`), then whatever
+   entry checked against XNAT's size and MD5, :mod:`.content.bulk`), then whatever
    a zip did not deliver, and single files, through the ``fmrif`` special
    remote (``git annex get -J``, verified by git-annex, retried, resumed);
 4. write the session manifests and commit (files, then the run record).
