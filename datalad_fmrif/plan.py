@@ -12,6 +12,10 @@ subject/session names: subjects and sessions appear under their dataset names
 (a pseudonym, a sanitised label by explicit choice, ``01``-style session
 numbers), and every value put into a path is sanitised so that it stays one
 harmless path component.
+
+Why one module of ~650 lines: the naming rules (sanitising, tags, the path
+template, collisions, exclusions) are one contract that is read and
+changed together; split, each part would need the others to be understood.
 """
 
 from __future__ import annotations

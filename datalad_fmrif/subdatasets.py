@@ -10,7 +10,7 @@ superdataset holds no file of XNAT's, only the subdatasets, and records in
 ONE commit per run which subjects changed (by their names in the dataset,
 never by label).
 
-This module composes :class:`.download.Download` (one run per subject, in
+This module composes :class:`.pipeline.Download` (one run per subject, in
 that subject's subdataset) and does not change its inside. The layout is
 recorded in the superdataset's ``.datalad/config``
 (``datalad.fmrif.layout = subdatasets``), so that a later run in the other

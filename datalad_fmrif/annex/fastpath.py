@@ -10,6 +10,10 @@ its key (:class:`Ingest`), and the crash journal of that move
 do the same jobs (``fromkey``, ``registerurl``, ``reinject``), and
 ``DATALAD_FMRIF_FAST_PATH=0`` asks for them everywhere (the test suite runs
 the download tests both ways).
+
+Why ~500 lines: the four jobs share the key locations (``examinekey``) and
+the one decision, and the crash journal only makes sense next to the move
+it protects.
 """
 
 from __future__ import annotations

@@ -128,19 +128,22 @@ class Annex(FastPath, GitOps):
         Returns one record per ``(key, url)`` pair with ``"key"`` and
         ``"url"`` added.
         """
+        return self._keyed("registerurl", pairs, "url", _check_url)
+
+    def _keyed(self, command: str, pairs, what: str, check) -> list[dict]:
+        """``git annex COMMAND --batch`` over ``KEY VALUE`` lines, ``VALUE``
+        (a URL or a path, named ``what`` in the records) checked by ``check``."""
         items = []
-        for key, url in pairs:
+        for key, value in pairs:
             _check_line_safe("key", key)
-            _check_url(url)
+            value = check(value)
             problem = _key_problem(key)
             if problem:
-                items.append((None, _failure("registerurl", problem,
-                                             key=key, url=url)))
+                items.append((None, _failure(command, problem, key=key, **{what: value})))
             else:
-                items.append((f"{key} {url}", {"key": key, "url": url}))
-        return self._run_ordered(
-            ["registerurl", "--batch", "--json", "--json-error-messages"],
-            items)
+                items.append((f"{key} {value}", {"key": key, what: value}))
+        return self._run_ordered([command, "--batch", "--json", "--json-error-messages"],
+                                 items)
 
     def fromkey(self, pairs: Iterable[tuple[str, str | os.PathLike]]) -> list[dict]:
         """Create an annexed file at each path, pointing at the given key.
@@ -152,18 +155,7 @@ class Annex(FastPath, GitOps):
         path that exists with other content is a failed item. Paths are
         relative to the repository root.
         """
-        items = []
-        for key, path in pairs:
-            _check_line_safe("key", key)
-            path = _check_path(path)
-            problem = _key_problem(key)
-            if problem:
-                items.append((None, _failure("fromkey", problem,
-                                             key=key, file=path)))
-            else:
-                items.append((f"{key} {path}", {"key": key, "file": path}))
-        return self._run_ordered(
-            ["fromkey", "--batch", "--json", "--json-error-messages"], items)
+        return self._keyed("fromkey", pairs, "file", _check_path)
 
     def uuid(self, remote: str | None = None) -> str:
         """The git-annex UUID of this repository, or of a remote of it."""
