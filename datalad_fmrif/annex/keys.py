@@ -41,8 +41,9 @@ def _valid_in_extension(byte: int) -> bool:
 def extension(name: str | os.PathLike) -> str:
     """The extension git-annex's ``MD5E`` backend keeps for a file ``name``.
 
-    git-annex's rule (``selectExtension`` in Backend/Utilities.hs, git-annex
-    10.2023 and later): the file name's extensions (everything after the
+    git-annex's rule (``selectExtension`` in Backend/Utilities.hs; checked
+    against ``git annex calckey`` of 10.20250605, the oldest we support, and
+    10.20261026): the file name's extensions (everything after the
     first dot that does not begin the name) split at dots; from the last
     one backwards while each is at most 4 *bytes* of UTF-8; of those, the
     ones made of letters, digits or non-ASCII bytes; the last two of them;
