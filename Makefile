@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv test demo bench docs secret-service slurm clean
+.PHONY: venv test demo bench docs secret-service slurm clean oldest-annex
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,28 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed
+
+# The oldest git-annex we support (setup.cfg, README "Installation"), from
+# its PyPI wheel into a directory of its own; its binary serves under each
+# name it answers to (git-annex, git-annex-shell, git-remote-annex).
+OLDEST_ANNEX  ?= 10.20250605
+OLDEST_DIR    := .oldest-annex
+$(OLDEST_DIR)/.installed:
+	rm -rf $(OLDEST_DIR)
+	$(PY) -m pip install -q --no-deps --target $(OLDEST_DIR) git-annex==$(OLDEST_ANNEX)
+	mkdir -p $(OLDEST_DIR)/path
+	for n in git-annex git-annex-shell git-remote-annex; do \
+	  ln -sf ../git_annex/git-annex $(OLDEST_DIR)/path/$$n; done
+	touch $@
+
+oldest-annex: venv $(OLDEST_DIR)/.installed
+
+# What runs a second time, and how: against the oldest git-annex (keys,
+# the annex layer's fast path, a download), a minute or two on 2 cores.
+OLDEST_TESTS ?= tests/test_keys.py tests/test_fastpath_off.py \
+	tests/test_annex.py::test_link_makes_what_fromkey_makes \
+	tests/test_annex.py::test_ingest_moves_verified_content_in \
+	tests/test_download.py::test_download_with_pseudonyms
 
 secret-service:
 	@tools/ensure-secret-service
@@ -28,9 +50,13 @@ slurm:
 # The tests run in a scratch HOME (DataLad writes credential properties to the
 # global git config) and a private, unlocked gnome-keyring. They build the
 # documentation first, so that CI keeps it honest.
-test: venv secret-service slurm docs
+test: venv secret-service slurm docs oldest-annex
 	@home=$$(mktemp -d) && \
 	  HOME=$$home tools/with-keyring $(PY) -m pytest $(PYTEST_ARGS); \
+	  rc=$$?; rm -rf $$home; [ $$rc -eq 0 ] || exit $$rc; \
+	  home=$$(mktemp -d) && \
+	  HOME=$$home PATH=$(abspath $(OLDEST_DIR))/path:$$PATH tools/with-keyring \
+	    $(PY) -m pytest -q $(OLDEST_TESTS); \
 	  rc=$$?; rm -rf $$home; exit $$rc
 
 demo: venv secret-service
@@ -72,4 +98,4 @@ bench: venv secret-service $(VENV)/.bench
 	  rc=$$?; rm -rf $$home; exit $$rc
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(OLDEST_DIR) build *.egg-info

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from .bulk import tmp_root
+from .content.bulk import tmp_root
 
 
 def _store(root: str | os.PathLike) -> Path:

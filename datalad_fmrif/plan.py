@@ -12,6 +12,10 @@ subject/session names: subjects and sessions appear under their dataset names
 (a pseudonym, a sanitised label by explicit choice, ``01``-style session
 numbers), and every value put into a path is sanitised so that it stays one
 harmless path component.
+
+Why one module of ~650 lines: the naming rules (sanitising, tags, the path
+template, collisions, exclusions) are one contract that is read and
+changed together; split, each part would need the others to be understood.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from datalad_fmrif.annex.keys import md5e
 from datalad_fmrif.xnat.records import RemoteFile, Scan, Session, SessionCatalog
 
 __all__ = [
@@ -88,14 +93,16 @@ def sanitize_label(label: str) -> str:
     return value
 
 
-def _annex_extension(name: str) -> str:
-    """The extension git-annex's MD5E backend keeps for file *name*.
+def _path_extension(name: str) -> str:
+    """The extension a shortened or tagged path component keeps (our rule).
 
-    Like git-annex (``annex.maxextensions`` 2, ``annex.maxextensionlength``
-    4): from the last extension backwards while each is at most 4
-    characters, those that are alphanumeric (or non-ASCII), the last two of
-    them. ``1.3.12.2.1107.dcm`` -> ``.1107.dcm``, ``x.nii.gz`` ->
-    ``.nii.gz``, ``f.tar.gz.verylong`` -> ``''``.
+    For paths only; keys take git-annex's rule (:func:`annex.keys.extension`).
+    This one is frozen so that a file's path never moves between versions:
+    from the last extension backwards while each is at most 4 characters,
+    those that are alphanumeric, the last two of them.
+    ``1.3.12.2.1107.dcm`` -> ``.1107.dcm``, ``x.nii.gz`` -> ``.nii.gz``,
+    ``f.tar.gz.verylong`` -> ``''``. (It differs from git-annex's only for
+    empty extensions, ``x.c..d``, which sanitized names rarely have.)
     """
     base = name.rsplit("/", 1)[-1]
     parts = base.split(".")[1:]
@@ -134,7 +141,7 @@ def _clean(text: str) -> str:
     if not value:
         return "_"
     if len(value) > MAX_COMPONENT:
-        ext = _annex_extension(value)
+        ext = _path_extension(value)
         if len(ext) >= MAX_COMPONENT // 2:
             ext = ""
         value = value[: MAX_COMPONENT - len(ext)].rstrip("._-") + ext
@@ -390,7 +397,7 @@ def _distinct_component(part: str) -> str:
     if clean == part:
         return clean
     tag = hashlib.sha1(part.encode("utf-8", "surrogatepass")).hexdigest()[:6]
-    ext = _annex_extension(clean)
+    ext = _path_extension(clean)
     stem = clean[: len(clean) - len(ext)] if ext else clean
     stem = stem[: MAX_COMPONENT - len(ext) - len(tag) - 1].rstrip("._-") or "_"
     return _unreserve(f"{stem}-{tag}{ext}")
@@ -400,7 +407,7 @@ def _key(file: RemoteFile, path: str) -> tuple[str | None, str]:
     md5 = file.md5.strip().lower()
     if not _MD5.fullmatch(md5) or file.size < 0:
         return None, ""
-    return f"MD5E-s{file.size}--{md5}{_annex_extension(path)}", md5
+    return md5e(file.size, md5, path), md5
 
 
 def _series_filter(options: PlanOptions, scan: Scan | None, file: RemoteFile) -> str | None:

@@ -4,7 +4,7 @@ A download registers each file with its XNAT URL (claimed by this remote) and
 an ``MD5E`` key built from XNAT's size and digest. Later, here or in a clone,
 ``datalad get`` asks git-annex, git-annex asks this remote, and this remote
 downloads the file through one logged-in XNAT session per process, verified
-against the key (:mod:`datalad_fmrif.transfer`).
+against the key (:mod:`datalad_fmrif.content.transfer`).
 
 Set-up (``fmrif-download`` does this)::
 
@@ -37,6 +37,7 @@ from urllib.parse import unquote
 
 from annexremote import Master, RemoteError, SpecialRemote
 
+from .annex.keys import key_facts
 from .credentials import (
     CredentialError,
     CredentialStore,
@@ -75,30 +76,6 @@ GIVE_UP_AFTER = 3
 # git-annex's costs (Config/Cost.hs): cheap 100 (a local clone), semi-cheap
 # 110, expensive 200 (ssh clones, RIA stores, the web), very expensive 1000
 XNAT_COST = 250
-
-_KEY = re.compile(r"^(?P<backend>[A-Za-z0-9_]+)(?P<fields>(?:-[A-Za-z][0-9]+)*)--(?P<name>.+)$")
-_MD5 = re.compile(r"^[0-9a-f]{32}$")
-
-
-def key_facts(key: str) -> tuple[int | None, str | None]:
-    """Size and MD5 that a git-annex key promises, where it says them.
-
-    ``MD5E-s1234--<md5>.dcm`` -> (1234, md5); other backends give the size
-    only; chunk keys (``-S``/``-C`` fields) describe a part, not the file.
-    """
-    match = _KEY.match(key)
-    if not match:
-        return None, None
-    fields = [f for f in match["fields"].split("-") if f]
-    if any(f[0] in "SC" for f in fields):
-        return None, None
-    size = next((int(f[1:]) for f in fields if f[0] == "s"), None)
-    md5 = None
-    if match["backend"] in ("MD5", "MD5E"):
-        digest = match["name"].split(".", 1)[0] if match["backend"] == "MD5E" else match["name"]
-        md5 = digest.lower() if _MD5.match(digest.lower()) else None
-    return size, md5
-
 
 def one_line(message: str) -> str:
     """The special-remote protocol is line based: a message must be one line."""
@@ -300,7 +277,7 @@ class FmrifRemote(SpecialRemote):
     # -- content -----------------------------------------------------------------
 
     def transfer_retrieve(self, key, filename):
-        from .transfer import fetch
+        from .content.transfer import fetch
 
         size, md5 = key_facts(key)
         urls = self._urls(key)
@@ -321,8 +298,8 @@ class FmrifRemote(SpecialRemote):
 
     def _from_zip(self, key, urls, filename) -> bool:
         """Serve ``key`` from a zip of its scan resource when that pays
-        (:mod:`datalad_fmrif.remote_zip`); False: fetch it on its own."""
-        from .remote_zip import ResourceZips
+        (:mod:`datalad_fmrif.content.remote_zip`); False: fetch it on its own."""
+        from .content.remote_zip import ResourceZips
 
         if self._zips is None:
             self._zips = ResourceZips(self.server, self.annex.getgitdir())

@@ -1,5 +1,8 @@
 """A whole protocol on a Slurm cluster: a job array fills the subdatasets.
 
+(About 580 lines, kept in one file: submission on the login node, the task
+on a compute node and the state files both read are one protocol.)
+
 ``fmrif-download --slurm`` (on the login node) splits the subject list into
 tasks of K subjects, writes them, a job script and a Biowulf swarm file
 into ``.git/fmrif-slurm/`` of the superdataset (outside its history: the
@@ -9,7 +12,7 @@ caps how many tasks download from XNAT at once.
 Each task (``python -m datalad_fmrif.slurm STATE INDEX`` on a compute node)
 takes its subjects one by one: the subject's subdataset ``sub-NAME/`` at
 the superdataset's location is created if it is new, cloned to node-local
-scratch, filled there by a plain :class:`.download.Download`, and pushed
+scratch, filled there by a plain :class:`.pipeline.Download`, and pushed
 back (``datalad push``: content, then the branch, which the subdataset
 accepts into its checked-out worktree). A subject belongs to exactly one
 task, a lock per subject guards against a resubmitted task meeting its
@@ -51,7 +54,7 @@ from .credentials import (
     env_names,
     resolve_credential_name,
 )
-from .download import ACTION, DownloadOptions, now_iso
+from .pipeline import ACTION, DownloadOptions, now_iso
 from .provenance import options_from_record, options_record
 from .subdatasets import (
     fill_subject,

@@ -10,7 +10,7 @@ superdataset holds no file of XNAT's, only the subdatasets, and records in
 ONE commit per run which subjects changed (by their names in the dataset,
 never by label).
 
-This module composes :class:`.download.Download` (one run per subject, in
+This module composes :class:`.pipeline.Download` (one run per subject, in
 that subject's subdataset) and does not change its inside. The layout is
 recorded in the superdataset's ``.datalad/config``
 (``datalad.fmrif.layout = subdatasets``), so that a later run in the other
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import __version__
-from .download import ACTION, Download, DownloadOptions, now_iso
+from .pipeline import ACTION, Download, DownloadOptions, now_iso
 from .plan import PlanError, sanitize_label
 from .provenance import MANIFEST_DIR, run_record, run_record_message
 from .subjects import SubjectList, SubjectRequest

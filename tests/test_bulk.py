@@ -19,9 +19,9 @@ import zipfile
 import datalad.api as dl
 import pytest
 
-from datalad_fmrif import bulk
+from datalad_fmrif.content import bulk
 from datalad_fmrif.annex import Annex
-from datalad_fmrif.bulk import BulkFile, fetch, fetch_resource_zip, tmp_root
+from datalad_fmrif.content.bulk import BulkFile, fetch, fetch_resource_zip, tmp_root
 from datalad_fmrif.credentials import Credential, Rejections
 from datalad_fmrif.plan import PlanOptions, plan_session
 from datalad_fmrif.sandbox import Fault, Sandbox, StudySpec

@@ -113,7 +113,7 @@ def _dict_keys(path: Path, function: str, variable: str) -> set[str]:
     ("manifest file entries", lambda: _dict_keys(
         PACKAGE / "provenance.py", "session_manifest", "entry")),
     ("the run record's fmrif part", lambda: _dict_keys(
-        PACKAGE / "download.py", "_run_record_message", "extra")),
+        PACKAGE / "pipeline.py", "_run_record_message", "extra")),
 ])
 def test_provenance_page_names_every_recorded_field(what, keys):
     page = (DOCS / "provenance.md").read_text(encoding="utf-8")

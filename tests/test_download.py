@@ -683,3 +683,25 @@ def test_a_remote_whose_set_up_was_interrupted_is_set_up_again(ds):
     assert kinds.split() == ["remote.fmrif.annex-externaltype", "fmrif"]
     assert git(ds, "config", "remote.fmrif.annex-uuid").strip() != \
         "5f1c2b4e-0000-4000-8000-000000000000"
+
+
+def test_a_file_under_an_earlier_key_of_its_content_is_present(tmp_path, sb, ds):
+    """A path that holds the same content under another key (one an earlier
+    version made: its MD5E extension rule differed for rare names) is the
+    file, not a different one: keys are compared by what they promise."""
+    csv, _subs = pseudonymous_list(tmp_path, sb, n=1)
+    download(ds, sb, csv)
+    path = annexed_files(ds)[0]
+    key = git(ds, "annex", "lookupkey", path).strip()
+    other = "MD5-" + key[len("MD5E-"):].split(".", 1)[0]  # same size and MD5
+    copy = tmp_path / "content"
+    copy.write_bytes((ds.pathobj / path).read_bytes())
+    # the file now points at the other key, and no manifest names it
+    git(ds, "rm", "-q", "-r", path, ".datalad/fmrif/sessions")
+    git(ds, "annex", "fromkey", "--force", other, path)
+    git(ds, "annex", "reinject", str(copy), path)
+    git(ds, "commit", "-q", "-m", "the file under an earlier key")
+    res = download(ds, sb, csv)
+    assert not [r for r in res if r["status"] in ("error", "impossible")], res
+    assert git(ds, "annex", "lookupkey", path).strip() == other
+    assert_fsck(ds)

@@ -61,7 +61,7 @@ FAST_BACKOFF = 0.01
 _SITECUSTOMIZE = f"""
 import importlib.abc, importlib.util, sys
 
-_TARGETS = {{"datalad_fmrif.xnat.session", "datalad_fmrif.transfer"}}
+_TARGETS = {{"datalad_fmrif.xnat.session", "datalad_fmrif.content.transfer"}}
 
 
 def _patch(module):
@@ -97,7 +97,7 @@ sys.meta_path.insert(0, _FastRetries())
 @pytest.fixture
 def fast_retries(tmp_path_factory, monkeypatch):
     """Retries without the waiting, here and in child processes."""
-    from datalad_fmrif import transfer
+    from datalad_fmrif.content import transfer
     from datalad_fmrif.xnat.session import XnatSession
 
     site = tmp_path_factory.mktemp("fast-retries")

@@ -23,7 +23,7 @@ from datalad_fmrif.credentials import (
     default_credential_name,
     env_names,
 )
-from datalad_fmrif.remote import key_facts
+from datalad_fmrif.annex.keys import key_facts
 from datalad_fmrif.sandbox import Fault, Sandbox, StudySpec
 
 pytestmark = pytest.mark.skipif(

@@ -21,7 +21,7 @@ import pytest
 from helpers import ZIP_PATH, assert_fsck, download, file_gets, manifests, \
     pseudonymous_list, zip_gets
 
-from datalad_fmrif.remote_zip import cache_root
+from datalad_fmrif.content.remote_zip import cache_root
 from datalad_fmrif.sandbox import Fault
 
 pytestmark = pytest.mark.skipif(
@@ -191,7 +191,7 @@ def test_testremote_read_only(got):
 
 
 def _zips_of(ds, sb):
-    from datalad_fmrif.remote_zip import ResourceZips
+    from datalad_fmrif.content.remote_zip import ResourceZips
 
     return ResourceZips(sb.url, Path(ds.path) / ".git")
 
@@ -240,7 +240,7 @@ def test_the_second_key_takes_the_zip_the_rest_come_from_the_cache(got, sb, xnat
 
 def test_a_zip_that_would_overfill_the_cache_is_not_taken(got, sb, xnat, tmp_path,
                                                           monkeypatch):
-    from datalad_fmrif import remote_zip
+    from datalad_fmrif.content import remote_zip
 
     ds = got
     _where, entries = scan_dir(ds)
@@ -260,7 +260,7 @@ def test_the_zip_path_leaves_the_count_of_failed_requests_alone(tmp_path):
     must not reset the count that makes the remote give up on a failing
     server (remote.GIVE_UP_AFTER)."""
     from datalad_fmrif.remote import FmrifRemote
-    from datalad_fmrif.remote_zip import ResourceZips
+    from datalad_fmrif.content.remote_zip import ResourceZips
 
     remote = FmrifRemote(annex=None)
     remote._server = "http://127.0.0.1:9"

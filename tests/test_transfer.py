@@ -8,7 +8,7 @@ import pytest
 
 from datalad_fmrif.credentials import Credential, Rejections
 from datalad_fmrif.sandbox import Fault, Sandbox, StudySpec
-from datalad_fmrif.transfer import fetch
+from datalad_fmrif.content.transfer import fetch
 from datalad_fmrif.xnat.errors import BadResponse, NotFound, TransientError
 from datalad_fmrif.xnat.session import XnatSession
 

@@ -27,7 +27,7 @@ from datalad_next.constraints import (
 
 from ..annex import AnnexError
 from ..credentials import CredentialError, resolve_server
-from ..download import ACTION, Download, DownloadOptions
+from ..pipeline import ACTION, Download, DownloadOptions
 from ..inputs import CommittableInput, refuse_if_committable
 from ..plan import DEFAULT_EXCLUDE_SERIES, DEFAULT_TEMPLATE, PlanError, PlanOptions
 from ..remote_setup import RemoteSetupError

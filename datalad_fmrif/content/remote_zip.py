@@ -4,7 +4,7 @@ git-annex asks a special remote for one key at a time, so ``datalad get
 sub-01/`` would cost one request per file, and real XNAT spends tens of
 milliseconds on each. A zip of a scan resource costs one request for all of
 its files. This module decides when to take one, fetches it through the
-streaming zip parser of :mod:`datalad_fmrif.bulk` (every entry verified
+streaming zip parser of :mod:`datalad_fmrif.content.zipstream` (every entry verified
 against its key's size and MD5 while it streams), and serves the next keys
 git-annex asks for from what the zip brought.
 
@@ -194,7 +194,7 @@ class ResourceZips:
         adjusted branch) are left to the per-file path.
         """
         from .bulk import BulkFile
-        from .remote import key_facts
+        from ..annex.keys import key_facts
 
         session = folder.split("/")[3]
         root = self._dataset_root()
@@ -252,7 +252,7 @@ class ResourceZips:
 
     def _take(self, rdir: Path, key: str, dest) -> bool:
         """Move the verified entry of ``key`` to ``dest``, if the cache has it."""
-        from .remote import key_facts
+        from ..annex.keys import key_facts
 
         entry = rdir / key
         size, _md5 = key_facts(key)

@@ -36,27 +36,15 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import requests
-import urllib3
-
-from .xnat.errors import BadResponse, TransientError
-from .xnat.session import XnatSession, looks_like_html
+from ..xnat.errors import BadResponse, TransientError
+from ..xnat.session import XnatSession, looks_like_html
+from .streams import BROKEN, CHUNK, reader
 
 lgr = logging.getLogger("datalad.fmrif.transfer")
-
-CHUNK = 1 << 20  # bytes per read: memory stays flat whatever the file size
 
 # Files that may legitimately start with "<" or be served as text/html; for
 # everything else (DICOM, physio, NIfTI, ...) such a body is an XNAT error page.
 MARKUP_SUFFIXES = (".xml", ".html", ".htm", ".xhtml", ".svg")
-
-# What a broken connection looks like while iterating over a streamed body.
-_BROKEN = (
-    requests.exceptions.ConnectionError,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.Timeout,
-    urllib3.exceptions.HTTPError,
-)
 
 
 class _Interrupted(Exception):
@@ -219,14 +207,14 @@ def _stream(xnat, path, dest, offset, digest, budget, *, size, sniff, progress):
             raise BadResponse(stale_catalog(where, size, None, int(length) + offset))
         received = offset
         reported = received
-        read = _reader(response)
+        read = reader(response)
         with open(dest, "ab" if offset else "wb") as out:
             # never wait for bytes beyond the listed size: a partial answer
             # may announce more than it sends (the connection is then closed)
             while size is None or received < size:
                 try:
                     chunk = read(min(CHUNK, size - received) if size is not None else CHUNK)
-                except _BROKEN as e:
+                except BROKEN as e:
                     raise _Interrupted(
                         f"{type(e).__name__} after {received} bytes") from None
                 if not chunk:
@@ -245,7 +233,7 @@ def _stream(xnat, path, dest, offset, digest, budget, *, size, sniff, progress):
                     and not length.isdigit():
                 try:
                     extra = read(1)  # chunked: the end must come now
-                except _BROKEN:
+                except BROKEN:
                     extra = b""
                 if extra:
                     raise BadResponse(stale_catalog(where, size, None, f"more than {size}"))
@@ -254,20 +242,6 @@ def _stream(xnat, path, dest, offset, digest, budget, *, size, sniff, progress):
     if size is not None and received < size:
         raise _Interrupted(f"body ended after {received} of {size} bytes")
     return received, digest
-
-
-def _reader(response):
-    """``read(n)``: up to n bytes of the body as they arrive, b"" at its end.
-
-    urllib3's ``read1`` returns what one receive brought, so the bytes that
-    came before a connection broke are kept (a plain ``read(n)`` waits for n
-    bytes and loses them with the exception).
-    """
-    raw = response.raw
-    read1 = getattr(raw, "read1", None)
-    if read1 is not None:
-        return lambda n: read1(n, decode_content=True)
-    return lambda n: raw.read(n, decode_content=True)
 
 
 def _content_range(value: str) -> tuple[int | None, int | None]:
