@@ -44,9 +44,12 @@ from ..subjects import (
 from ..xnat.errors import XnatError
 from ._common import (
     NotInDataset,
+    credential_param,
     dataset_here,
+    dataset_param,
     not_in_dataset,
     result_record,
+    server_param,
     xnat_session,
 )
 
@@ -117,24 +120,16 @@ class FmrifDownload(ValidatedInterface):
             doc="""path of the subject list (CSV from the Processing
             Dashboard, or one label per line), or '-' to read it from stdin.
             Optional columns: Project, Pseudonym, Session."""),
-        dataset=Parameter(
-            args=("-d", "--dataset"),
-            doc="""dataset to download into (create it first with 'datalad
+        dataset=dataset_param("""dataset to download into (create it first with 'datalad
             create'). Default: the dataset of the current directory."""),
-        server=Parameter(
-            args=("--server",),
-            metavar="URL",
-            doc="""XNAT server. Default: git config datalad.fmrif.server, else
-            https://fmrif-xnat.nimh.nih.gov"""),
+        server=server_param(),
         project=Parameter(
             args=("--project",),
             metavar="ID",
             doc="""XNAT project (FMRIF protocol number, e.g. 17-M-0181) for
             lists without a Project column; an error if it contradicts one."""),
-        credential=Parameter(
-            args=("--credential",),
-            metavar="NAME",
-            doc="""name of the credential stored by 'datalad fmrif-login'.
+        credential=credential_param(
+            """name of the credential stored by 'datalad fmrif-login'.
             Default: git config datalad.fmrif.credential, else the one the
             dataset's fmrif remote records, else derived from the server
             (fmrif-xnat). Recorded in the remote when given (for an alias

@@ -13,7 +13,7 @@ from datalad_next.commands import (
 from datalad_next.constraints import EnsureBool, EnsureDataset
 
 from ..slurm import FINISH, finish
-from ._common import NotInDataset, dataset_here, not_in_dataset
+from ._common import NotInDataset, dataset_here, dataset_param, not_in_dataset
 
 
 @build_doc
@@ -37,9 +37,7 @@ class FmrifFinish(ValidatedInterface):
     ))
 
     _params_ = dict(
-        dataset=Parameter(
-            args=("-d", "--dataset"),
-            doc="""the superdataset the job array was submitted from.
+        dataset=dataset_param("""the superdataset the job array was submitted from.
             Default: the dataset of the current directory."""),
         resubmit=Parameter(
             args=("--resubmit",),
