@@ -14,6 +14,8 @@ The order of the steps is what makes an interrupted run harmless:
    entry checked against XNAT's size and MD5, :mod:`.content.bulk`), then whatever
    a zip did not deliver, and single files, through the ``fmrif`` special
    remote (``git annex get -J``, verified by git-annex, retried, resumed);
+   each session's result is yielded as soon as its content is all in (or
+   failed), while the other sessions' fetches go on;
 4. write the session manifests and commit (files, then the run record).
 
 A run killed anywhere leaves at most registered, uncommitted files whose
@@ -384,7 +386,7 @@ class Download:
                     lgr.warning("could not set metadata of %s: %s",
                                 res.get("file"), _errors(res))
 
-    def _fetch(self, annex: Annex) -> None:
+    def _fetch(self, annex: Annex) -> Iterator[_SessionWork]:
         """Content for every planned file that lacks it: zips, then per file.
 
         The rule (measured in ``benchmarks/``): a scan resource of which at
@@ -392,6 +394,10 @@ class Download:
         as one zip stream, every entry verified (:mod:`.bulk`); everything
         else, and whatever a zip did not deliver intact, comes per file
         through the ``fmrif`` special remote, which retries and resumes.
+
+        Yields each session as soon as every file of it that lacked content
+        has it, verified, or has failed, while the other sessions' fetches
+        go on (so that its result can be reported then).
         """
         from datalad.log import log_progress
 
@@ -399,9 +405,25 @@ class Download:
                 if pf.path not in w.failed]
         have = annex.find_present([pf.path for _, pf in todo])
         missing = [(w, pf) for w, pf in todo if pf.path not in have]
+        owner = {pf.path: w for w, pf in missing}
+        # session -> its paths still to fetch (or to fail)
+        waiting: dict[int, set[str]] = {id(w): set() for w in self.work}
+        for w, pf in missing:
+            waiting[id(w)].add(pf.path)
+
+        def settled(paths) -> Iterator[_SessionWork]:
+            for path in paths:
+                left = waiting.get(id(owner[path]))
+                if left is not None:
+                    left.discard(path)
+            for w in self.work:
+                if waiting.get(id(w)) == set():
+                    del waiting[id(w)]
+                    yield w
+
+        yield from settled([])  # sessions with nothing to fetch
         if not missing:
             return
-        owner = {pf.path: w for w, pf in missing}
         zipped = _bulk_share([pf for w in self.work for pf in w.plan.files],
                              {pf.path for _, pf in missing})
         total = sum(pf.size for _, pf in missing)
@@ -429,19 +451,31 @@ class Download:
         try:
             fetched: set[str] = set()
             if zipped:
-                result = bulk.fetch(self.xnat, annex, zipped, jobs=self.options.jobs,
-                                    progress=lambda n: advance(n, "zip"))
+                steps = bulk.fetch_stepwise(self.xnat, annex, zipped, jobs=self.options.jobs,
+                                            progress=lambda n: advance(n, "zip"))
+                while True:
+                    try:
+                        arrived = next(steps)
+                    except StopIteration as end:
+                        result = end.value
+                        break
+                    yield from settled(arrived)
                 fetched.update(result.done)
                 for path, why in result.failed.items():
                     if result.stopped:  # per file would meet the same pages
                         owner[path].failed[path] = why
                     lgr.debug("%s: per file, because %s", path, why)
+                # in the annex, or failed for good (not to be fetched per file)
+                yield from settled(result.done + [p for p in result.failed
+                                                  if p in owner[p].failed])
             rest = [pf.path for w, pf in missing
                     if pf.path not in fetched and pf.path not in w.failed]
             for res in annex.get(rest, jobs=self.options.jobs, progress=progress):
                 path = res.get("file")
                 if path in owner and not res.get("success", False):
                     owner[path].failed[path] = _errors(res) or "transfer failed"
+                if path in owner:
+                    yield from settled([path])
         finally:
             log_progress(lgr.info, pid, "Finished fetching content")
 
@@ -587,7 +621,7 @@ class Download:
         yield from self._plan()
         self._classify(annex)
         if self.options.dry_run:
-            yield from self._session_results(planned=True)
+            yield from self._session_results(self.work, planned=True)
             return
         # what an interrupted run registered but did not commit is finished
         # (or, without its content, taken out again) like a new file, and
@@ -606,16 +640,23 @@ class Download:
             self.remote = ensure_remote(annex, self.options.server, self.options.credential)
         _phase("register")
         self._register(annex)
+        reported: set[int] = set()  # sessions whose result is out
         if not self.options.no_content:
             _phase("fetch")
             bulk.remove_stale(self.root)  # left by a run that was killed
-            self._fetch(annex)
+            for w in self._fetch(annex):
+                # all its content is in the annex, verified (or failed):
+                # its result need not wait for the other sessions (and says
+                # nothing of the commit, which comes after all of them)
+                reported.add(id(w))
+                yield from self._session_results([w], planned=False)
         # a file enters the dataset only with verified content (or, with
         # --no-content, a registration that worked): take out the rest
         _phase("discard")
         annex.discard([path for w in self.work for pf in w.new
                        if (path := pf.path) in w.failed])
-        results = list(self._session_results(planned=False))
+        results = list(self._session_results(
+            [w for w in self.work if id(w) not in reported], planned=False))
         failures.record(self.root, {p: why for w in self.work for p, why in w.failed.items()},
                         [pf.path for w in self.work for pf in w.plan.files])
         summary = _summary(self.work)
@@ -643,8 +684,8 @@ class Download:
                 if e["path"] not in listed and not e.get("removed")
                 and os.path.lexists(self.root / e["path"])}
 
-    def _session_results(self, planned: bool) -> Iterator[dict]:
-        for w in self.work:
+    def _session_results(self, works: list[_SessionWork], planned: bool) -> Iterator[dict]:
+        for w in works:
             s = w.session
             where = w.plan.folder or common_dir([pf.path for pf in w.plan.files])
             w.missing = self._missing_on_server(w)
