@@ -14,6 +14,8 @@ The order of the steps is what makes an interrupted run harmless:
    entry checked against XNAT's size and MD5, :mod:`.content.bulk`), then whatever
    a zip did not deliver, and single files, through the ``fmrif`` special
    remote (``git annex get -J``, verified by git-annex, retried, resumed);
+   each session's result is yielded as soon as its content is all in (or
+   failed), while the other sessions' fetches go on;
 4. write the session manifests and commit (files, then the run record).
 
 A run killed anywhere leaves at most registered, uncommitted files whose
@@ -25,10 +27,13 @@ the run record of a run killed between its two commits. Each step is
 announced at debug level (``fmrif-download phase: NAME``), so that the tests
 can interrupt a run at every step.
 
-Why ~800 lines: the steps still share one object's state (issue 16 asks
-for them as values handed on: plan, classify, register, fetch, record,
-commit); until then the order that makes an interruption harmless is
-easiest to check in one file.
+The steps hand values on, never shared state: ``_plan`` returns the
+planned sessions (:class:`_Session`, frozen), ``_classify`` returns them
+with their files split into new, present, changed and removed,
+``_register`` and ``_fetch`` return the files they failed (path -> why),
+which each session takes in with :meth:`_Session.failing`; ``_record``
+and ``_commit`` take the settled sessions. :meth:`Download.run` reads as
+that data flow, in the order that makes an interruption harmless.
 """
 
 from __future__ import annotations
@@ -41,9 +46,9 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Generator, Iterable, Iterator, Mapping
 
 from . import __version__, failures
 from .content import bulk
@@ -96,23 +101,38 @@ class DownloadOptions:
     command: str = ""  # the command line, for the run record
 
 
-@dataclass
-class _SessionWork:
-    """One planned session and what this run does with it."""
+@dataclass(frozen=True)
+class _Session:
+    """One planned session and what this run does with it: the value each
+    step of :meth:`Download.run` hands on to the next, never changed in
+    place (a step returns a new one, :func:`dataclasses.replace`).
+
+    ``_plan`` fills in the plan (its path conflicts as failures),
+    ``_classify`` splits the files into new, present, changed and removed,
+    ``_register`` and ``_fetch`` return the files they failed, which
+    :meth:`failing` adds; ``missing`` (files XNAT no longer lists) comes
+    last, with the session's result.
+    """
 
     plan: SessionPlan
     subject: Subject
     project: str
-    new: list = field(default_factory=list)  # PlannedFile
-    present: list = field(default_factory=list)
-    changed: dict = field(default_factory=dict)  # path -> server md5
-    failed: dict = field(default_factory=dict)  # path -> message
-    removed: list = field(default_factory=list)  # PlannedFile the user took out
-    missing: dict = field(default_factory=dict)  # path -> since when XNAT lacks it
+    new: tuple = ()  # PlannedFile
+    present: tuple = ()
+    changed: Mapping[str, str] = field(default_factory=dict)  # path -> server md5
+    failed: Mapping[str, str] = field(default_factory=dict)  # path -> message
+    removed: tuple = ()  # PlannedFile the user took out
+    missing: Mapping[str, str] = field(default_factory=dict)  # path -> since when
 
     @property
     def session(self) -> Session:
         return self.plan.catalog.session
+
+    def failing(self, failed: Mapping[str, str]) -> _Session:
+        """This session with those of ``failed`` that are its files failed too."""
+        paths = {pf.path for pf in self.plan.files}
+        mine = {p: why for p, why in failed.items() if p in paths}
+        return replace(self, failed={**self.failed, **mine}) if mine else self
 
 
 @dataclass
@@ -149,7 +169,6 @@ class Download:
         self.manifests = load_manifests(self.root)
         self.assigned = assigned_names(self.manifests)
         self.time = now_iso()
-        self.work: list[_SessionWork] = []
         self.remote: str | None = None  # the fmrif special remote's name
 
     # -- results ------------------------------------------------------------
@@ -173,7 +192,10 @@ class Download:
 
     # -- 1. list and plan -----------------------------------------------------
 
-    def _plan(self) -> Iterator[dict]:
+    def _plan(self) -> Generator[dict, None, list[_Session]]:
+        """Yields the results of subjects and sessions that cannot be
+        planned; returns the planned sessions, in the list's order."""
+        planned: list[_Session] = []
         by_project: dict[str, list[SubjectRequest]] = {}
         for req in self.subjects.requests:
             by_project.setdefault(req.project, []).append(req)
@@ -208,10 +230,15 @@ class Download:
                 listings = [pool.submit(self._list_subject, req, subject)
                             for req, subject in found]
                 for (req, subject), listing in zip(found, listings):
-                    yield from self._plan_subject(req, subject, project, names_in_use,
-                                                  listing.result())
+                    for out in self._plan_subject(req, subject, project, names_in_use,
+                                                  listing.result()):
+                        if isinstance(out, _Session):
+                            planned.append(out)
+                        else:
+                            yield out
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
+        return planned
 
     def _list_subject(self, req: SubjectRequest, subject: Subject) -> _Listing:
         """The subject's sessions and the file listing of each one wanted.
@@ -234,7 +261,8 @@ class Download:
         return _Listing(sessions=every, catalogs=catalogs)
 
     def _plan_subject(self, req: SubjectRequest, subject: Subject, project: str,
-                      names_in_use: dict, listing: _Listing) -> Iterator[dict]:
+                      names_in_use: dict, listing: _Listing) -> Iterator[dict | _Session]:
+        """The subject's result records and its planned sessions."""
         try:
             name = req.pseudonym if req.pseudonym else sanitize_label(req.label)
         except PlanError as e:  # a label of XNAT's without a letter or digit
@@ -311,80 +339,91 @@ class Download:
                     + "; ".join(plan.problems), type="session",
                     xnat_session_id=session.id)
                 continue
-            work = _SessionWork(plan=plan, subject=subject, project=project)
-            work.failed.update(plan.conflicts)  # those files' problem, not the session's
-            self.work.append(work)
+            # conflicts are those files' problem, not the session's
+            yield _Session(plan=plan, subject=subject, project=project,
+                           failed=dict(plan.conflicts))
 
     # -- compare with what the dataset has ------------------------------------
 
-    def _classify(self, annex: Annex) -> None:
-        """Split planned files into new, present, and changed on the server."""
-        lookups = []
-        for w in self.work:
+    def _classify(self, annex: Annex, planned: list[_Session]) -> list[_Session]:
+        """Split each session's planned files into new, present, changed on
+        the server, and removed by the user."""
+        split = []
+        lookups = []  # (index in split, PlannedFile)
+        for s in planned:
+            new, present, removed, changed = [], [], [], {}
             known = {f["path"]: f for f in
-                     self.manifests.get(w.session.id, {}).get("files", [])}
-            for pf in w.plan.files:
+                     self.manifests.get(s.session.id, {}).get("files", [])}
+            for pf in s.plan.files:
                 before = known.get(pf.path)
                 if before and not os.path.lexists(self.root / pf.path) and (
                         before.get("md5") == pf.md5 or before.get("removed")):
                     # recorded, then taken out of the dataset (git rm): the
                     # user's decision, not a file to download again
-                    w.removed.append(pf)
+                    removed.append(pf)
                 elif before and before.get("md5") == pf.md5 and pf.md5:
-                    w.present.append(pf)
+                    present.append(pf)
                 elif before and before.get("md5") and before["md5"] != pf.md5:
-                    w.changed[pf.path] = pf.md5 or "(no digest)"
+                    changed[pf.path] = pf.md5 or "(no digest)"
                 elif os.path.lexists(self.root / pf.path):
-                    lookups.append((w, pf))
+                    lookups.append((len(split), pf))
                 else:
-                    w.new.append(pf)
-        if not lookups:
-            return
-        # a path already there: left by an interrupted run (same key), or not ours
-        keys = annex.lookupkey([pf.path for _, pf in lookups])
-        for (w, pf), key in zip(lookups, keys):
-            if key and pf.key and key_facts(key) == key_facts(pf.key) != (None, None):
-                # the same content: a key of an earlier version (its MD5E
-                # extension rule differed for rare names) is as good
-                w.present.append(pf)
-            elif key and not pf.key:
-                w.present.append(pf)  # registered by content earlier
-            else:
-                w.failed[pf.path] = ("the dataset already has a different file "
-                                     "at this path; not replaced")
+                    new.append(pf)
+            split.append((s, new, present, removed, changed, {}))
+        if lookups:
+            # a path already there: left by an interrupted run (same key), or not ours
+            keys = annex.lookupkey([pf.path for _, pf in lookups])
+            for (i, pf), key in zip(lookups, keys):
+                _, _, present, _, _, failed = split[i]
+                if key and pf.key and key_facts(key) == key_facts(pf.key) != (None, None):
+                    # the same content: a key of an earlier version (its MD5E
+                    # extension rule differed for rare names) is as good
+                    present.append(pf)
+                elif key and not pf.key:
+                    present.append(pf)  # registered by content earlier
+                else:
+                    failed[pf.path] = ("the dataset already has a different file "
+                                       "at this path; not replaced")
+        return [replace(s, new=tuple(new), present=tuple(present), removed=tuple(removed),
+                        changed=changed).failing(failed)
+                for s, new, present, removed, changed, failed in split]
 
     # -- 2. and 3. register and fetch -------------------------------------------
 
-    def _register(self, annex: Annex) -> None:
-        """Make the new files, with their URLs and metadata (content-less)."""
-        known = [(w, pf) for w in self.work for pf in w.new if pf.key]
-        unknown = [(w, pf) for w in self.work for pf in w.new if not pf.key]
+    def _register(self, annex: Annex, sessions: list[_Session]) -> dict[str, str]:
+        """Make the new files, with their URLs and metadata (content-less);
+        returns those that failed: path -> why."""
+        failed: dict[str, str] = {}
+        known = [(w, pf) for w in sessions for pf in w.new if pf.key]
+        unknown = [(w, pf) for w in sessions for pf in w.new if not pf.key]
         server = self.options.server
         registered = annex.register(
             [(pf.key, pf.path, server + pf.url_path, pf.metadata(w.project))
              for w, pf in known], remote=self.remote)
         for (w, pf), res in zip(known, registered):
             if not res["success"]:
-                w.failed[pf.path] = _errors(res)
+                failed[pf.path] = _errors(res)
             elif res["metadata-error-messages"]:
                 lgr.warning("could not set metadata of %s: %s", res["file"],
                             "; ".join(res["metadata-error-messages"]))
         if not unknown:
-            return
+            return failed
         # no digest from XNAT: the content must be fetched to make a key
         for (w, pf), res in zip(unknown, annex.addurls_unknown(
                 [(server + pf.url_path, pf.path) for _, pf in unknown])):
             if not res.get("success", True):
-                w.failed[pf.path] = _errors(res)
-        items = [(pf.path, pf.metadata(w.project))
-                 for w, pf in unknown if pf.path not in w.failed]
+                failed[pf.path] = _errors(res)
+        items = [(pf.path, pf.metadata(w.project)) for w, pf in unknown
+                 if pf.path not in w.failed and pf.path not in failed]
         if items:
             for res in annex.set_metadata(items):
                 if not res.get("success", True):
                     lgr.warning("could not set metadata of %s: %s",
                                 res.get("file"), _errors(res))
+        return failed
 
-    def _fetch(self, annex: Annex) -> None:
+    def _fetch(self, annex: Annex, sessions: list[_Session]
+               ) -> Generator[_Session, None, dict[str, str]]:
         """Content for every planned file that lacks it: zips, then per file.
 
         The rule (measured in ``benchmarks/``): a scan resource of which at
@@ -392,17 +431,37 @@ class Download:
         as one zip stream, every entry verified (:mod:`.bulk`); everything
         else, and whatever a zip did not deliver intact, comes per file
         through the ``fmrif`` special remote, which retries and resumes.
+
+        Yields each session, with the files this step failed, as soon as
+        every file of it that lacked content has it, verified, or has
+        failed, while the other sessions' fetches go on (so that its result
+        can be reported then); returns every file it failed: path -> why.
         """
         from datalad.log import log_progress
 
-        todo = [(w, pf) for w in self.work for pf in w.new + w.present
+        failed: dict[str, str] = {}
+        todo = [(i, pf) for i, w in enumerate(sessions) for pf in w.new + w.present
                 if pf.path not in w.failed]
         have = annex.find_present([pf.path for _, pf in todo])
-        missing = [(w, pf) for w, pf in todo if pf.path not in have]
+        missing = [(i, pf) for i, pf in todo if pf.path not in have]
+        owner = {pf.path: i for i, pf in missing}  # path -> its session's index
+        # session index -> its paths still to fetch (or to fail)
+        waiting: dict[int, set[str]] = {i: set() for i in range(len(sessions))}
+        for i, pf in missing:
+            waiting[i].add(pf.path)
+
+        def settled(paths) -> Iterator[_Session]:
+            for path in paths:
+                waiting.get(owner[path], set()).discard(path)
+            for i, w in enumerate(sessions):
+                if waiting.get(i) == set():
+                    del waiting[i]
+                    yield w.failing(failed)
+
+        yield from settled([])  # sessions with nothing to fetch
         if not missing:
-            return
-        owner = {pf.path: w for w, pf in missing}
-        zipped = _bulk_share([pf for w in self.work for pf in w.plan.files],
+            return failed
+        zipped = _bulk_share([pf for w in sessions for pf in w.plan.files],
                              {pf.path for _, pf in missing})
         total = sum(pf.size for _, pf in missing)
         pid = f"fmrif-download-{id(self)}"
@@ -429,27 +488,40 @@ class Download:
         try:
             fetched: set[str] = set()
             if zipped:
-                result = bulk.fetch(self.xnat, annex, zipped, jobs=self.options.jobs,
-                                    progress=lambda n: advance(n, "zip"))
+                steps = bulk.fetch_stepwise(self.xnat, annex, zipped, jobs=self.options.jobs,
+                                            progress=lambda n: advance(n, "zip"))
+                while True:
+                    try:
+                        arrived = next(steps)
+                    except StopIteration as end:
+                        result = end.value
+                        break
+                    yield from settled(arrived)
                 fetched.update(result.done)
                 for path, why in result.failed.items():
                     if result.stopped:  # per file would meet the same pages
-                        owner[path].failed[path] = why
+                        failed[path] = why
                     lgr.debug("%s: per file, because %s", path, why)
-            rest = [pf.path for w, pf in missing
-                    if pf.path not in fetched and pf.path not in w.failed]
+                # in the annex, or failed for good (not to be fetched per file)
+                yield from settled(result.done + [p for p in result.failed if p in failed])
+            rest = [pf.path for _, pf in missing
+                    if pf.path not in fetched and pf.path not in failed]
             for res in annex.get(rest, jobs=self.options.jobs, progress=progress):
                 path = res.get("file")
                 if path in owner and not res.get("success", False):
-                    owner[path].failed[path] = _errors(res) or "transfer failed"
+                    failed[path] = _errors(res) or "transfer failed"
+                if path in owner:
+                    yield from settled([path])
         finally:
             log_progress(lgr.info, pid, "Finished fetching content")
+        return failed
 
     # -- 4. record and commit ---------------------------------------------------
 
-    def _record(self) -> list[str]:
+    def _record(self, sessions: list[_Session]) -> list[str]:
+        """Write the manifests that change; returns their paths."""
         written = []
-        for w in self.work:
+        for w in sessions:
             previous = self.manifests.get(w.session.id)
             manifest = session_manifest(
                 w.plan, server=self.options.server, project=w.project,
@@ -463,7 +535,7 @@ class Download:
                 written.append(write_manifest(self.root, manifest))
         return written
 
-    def _commit(self, files: list[str], records: list[str],
+    def _commit(self, sessions: list[_Session], files: list[str], records: list[str],
                 summary: dict) -> dict | None:
         """Two commits: the files, then the manifests with the run record.
 
@@ -475,15 +547,16 @@ class Download:
         if not records:
             # nothing new to record means no new file either (a new file
             # changes its session's manifest)
-            return self._save(files, self._files_message(summary)) if files else None
-        record = self._run_record_message(summary)
+            return (self._save(files, self._files_message(sessions, summary))
+                    if files else None)
+        record = self._run_record_message(sessions, summary)
         pending = _PendingRecord(self.root)
         if files:
             # the run record must not be lost if the run dies between the
             # two commits: the next run commits it (_finish_pending_record)
-            pending.write(self._files_message(summary), record, records)
+            pending.write(self._files_message(sessions, summary), record, records)
             _phase("commit-files")
-            failure = self._save(files, self._files_message(summary))
+            failure = self._save(files, self._files_message(sessions, summary))
             if failure:
                 pending.remove()
                 return failure
@@ -492,13 +565,13 @@ class Download:
         pending.remove()
         return failure
 
-    def _files_message(self, summary: dict) -> str:
+    def _files_message(self, sessions: list[_Session], summary: dict) -> str:
         n = summary["counts"]["new"]
-        return (f"Add {n} files of {len(self.work)} XNAT sessions from "
+        return (f"Add {n} files of {len(sessions)} XNAT sessions from "
                 f"{self.options.server}\n\nMade by datalad fmrif-download; its "
                 "record is in the next commit.")
 
-    def _run_record_message(self, summary: dict) -> str:
+    def _run_record_message(self, sessions: list[_Session], summary: dict) -> str:
         server = self.options.server
         extra = {
             "server": server,
@@ -509,14 +582,14 @@ class Download:
             "options": dict(options_record(self.options.plan),
                             keep_labels=self.options.keep_labels,
                             no_content=self.options.no_content),
-            "sessions": sorted(w.session.id for w in self.work),
+            "sessions": sorted(w.session.id for w in sessions),
             "counts": summary["counts"],
             "bytes": summary["bytes"],
             "time": self.time,
         }
         n = summary["counts"]
         message = self.options.message or (
-            f"Download {n.get('new', 0)} new files of {len(self.work)} sessions "
+            f"Download {n.get('new', 0)} new files of {len(sessions)} sessions "
             f"from {server}")
         record = run_record(self.options.command, self.ds.id or "", extra)
         return run_record_message(message, record)
@@ -584,20 +657,20 @@ class Download:
                 yield failure
                 return
         _phase("plan")
-        yield from self._plan()
-        self._classify(annex)
+        sessions = yield from self._plan()
+        sessions = self._classify(annex, sessions)
         if self.options.dry_run:
-            yield from self._session_results(planned=True)
+            yield from self._session_results(map(self._settled, sessions), planned=True)
             return
         # what an interrupted run registered but did not commit is finished
         # (or, without its content, taken out again) like a new file, and
         # registered again: that run may have died, or met a full disk,
         # before git-annex recorded its URLs and metadata
         unsaved = _unsaved(self.root)
-        for w in self.work:
-            w.new += [pf for pf in w.present if pf.path in unsaved]
-            w.present = [pf for pf in w.present if pf.path not in unsaved]
-        if self.work:
+        sessions = [replace(w, new=w.new + tuple(pf for pf in w.present if pf.path in unsaved),
+                            present=tuple(pf for pf in w.present if pf.path not in unsaved))
+                    for w in sessions]
+        if sessions:
             # always, not only when something looks new: files registered
             # by an interrupted run must be registered on this remote again
             # (never on git-annex's web remote), and a remote whose set-up
@@ -605,35 +678,55 @@ class Download:
             _phase("remote")
             self.remote = ensure_remote(annex, self.options.server, self.options.credential)
         _phase("register")
-        self._register(annex)
+        failed = self._register(annex, sessions)
+        sessions = [w.failing(failed) for w in sessions]
+        reported: set[str] = set()  # IDs of the sessions whose result is out
         if not self.options.no_content:
             _phase("fetch")
             bulk.remove_stale(self.root)  # left by a run that was killed
-            self._fetch(annex)
+            fetching = self._fetch(annex, sessions)
+            while True:
+                try:
+                    complete = next(fetching)
+                except StopIteration as end:
+                    failed = end.value
+                    break
+                # all its content is in the annex, verified (or failed):
+                # its result need not wait for the other sessions (and says
+                # nothing of the commit, which comes after all of them)
+                reported.add(complete.session.id)
+                yield from self._session_results([self._settled(complete)], planned=False)
+            sessions = [w.failing(failed) for w in sessions]
+        sessions = [self._settled(w) for w in sessions]
         # a file enters the dataset only with verified content (or, with
         # --no-content, a registration that worked): take out the rest
         _phase("discard")
-        annex.discard([path for w in self.work for pf in w.new
+        annex.discard([path for w in sessions for pf in w.new
                        if (path := pf.path) in w.failed])
-        results = list(self._session_results(planned=False))
-        failures.record(self.root, {p: why for w in self.work for p, why in w.failed.items()},
-                        [pf.path for w in self.work for pf in w.plan.files])
-        summary = _summary(self.work)
+        results = list(self._session_results(
+            [w for w in sessions if w.session.id not in reported], planned=False))
+        failures.record(self.root, {p: why for w in sessions for p, why in w.failed.items()},
+                        [pf.path for w in sessions for pf in w.plan.files])
+        summary = _summary(sessions)
         _phase("record")
-        records = self._record()
+        records = self._record(sessions)
         records += sorted(p for p in unsaved
                           if p.startswith(MANIFEST_DIR + "/") and p.endswith(".json")
                           and p not in records)
         if records:
             records.append(".datalad/fmrif/.gitattributes")
-        files = [pf.path for w in self.work for pf in w.new if pf.path not in w.failed]
-        failure = self._commit(files, records, summary)
+        files = [pf.path for w in sessions for pf in w.new if pf.path not in w.failed]
+        failure = self._commit(sessions, files, records, summary)
         _phase("done")
         yield from results
         if failure:
             yield failure
 
-    def _missing_on_server(self, w: _SessionWork) -> dict[str, str]:
+    def _settled(self, w: _Session) -> _Session:
+        """The session with the files XNAT no longer lists (its last step)."""
+        return replace(w, missing=self._missing_on_server(w))
+
+    def _missing_on_server(self, w: _Session) -> dict[str, str]:
         """Files of the session's manifest that XNAT no longer lists and the
         dataset still has: path -> since when (reported on every run until
         the user takes the file out, or it comes back on XNAT)."""
@@ -643,11 +736,12 @@ class Download:
                 if e["path"] not in listed and not e.get("removed")
                 and os.path.lexists(self.root / e["path"])}
 
-    def _session_results(self, planned: bool) -> Iterator[dict]:
-        for w in self.work:
+    def _session_results(self, sessions: Iterable[_Session],
+                         planned: bool) -> Iterator[dict]:
+        """The results of settled sessions (:meth:`_settled`)."""
+        for w in sessions:
             s = w.session
             where = w.plan.folder or common_dir([pf.path for pf in w.plan.files])
-            w.missing = self._missing_on_server(w)
             n = _counts(w)
             fields = dict(
                 type="session", xnat_session_id=s.id, xnat_subject_id=s.subject_id,
@@ -761,7 +855,7 @@ def _git_out(root: Path, *args) -> str:
                           encoding="utf-8", errors="surrogateescape").stdout.strip()
 
 
-def _counts(w: _SessionWork) -> dict[str, int]:
+def _counts(w: _Session) -> dict[str, int]:
     """Each planned file counted once: new (added by this run), present
     (in the dataset, whole), failed, changed on XNAT, removed by the user;
     and the files the plan excluded and those XNAT no longer lists."""
@@ -776,7 +870,7 @@ def _counts(w: _SessionWork) -> dict[str, int]:
     }
 
 
-def _summary(work: list[_SessionWork]) -> dict:
+def _summary(work: list[_Session]) -> dict:
     counts: dict[str, int] = {}
     sizes = {"new": 0, "present": 0}
     for w in work:

@@ -103,6 +103,37 @@ def test_download_with_pseudonyms(tmp_path, sb, ds):
     assert found and all("T1w_MPRAGE" in line for line in found.splitlines())
 
 
+def test_a_session_is_reported_when_its_content_is_in(tmp_path, sb, ds):
+    """A session's result comes as soon as its content is in the annex,
+    while another session's zips are still on their way (issue 20): the
+    slow zips of the last session have not been answered when the first
+    session's result arrives, and all of them have by the last one's."""
+    import re
+
+    from datalad_fmrif.sandbox import Fault
+
+    csv, subs = pseudonymous_list(tmp_path, sb)
+    last = sb.study.sessions(subs[-1].id)[-1].id
+    slow = rf"/experiments/{re.escape(last)}/.*/resources/[^/]+/files$"
+    sb.add_fault(Fault("slow", path=slow, delay=3.0, times=None))
+
+    def slow_zips_answered() -> int:
+        return sum(1 for r in zip_gets(sb) if re.search(slow, r.path))
+
+    seen = []  # (session ID, how many slow zips XNAT had answered by then)
+    for r in dl.fmrif_download(
+            str(csv), dataset=ds.path, server=sb.url, result_renderer="disabled",
+            on_failure="ignore", return_type="generator"):
+        assert r["status"] not in ("error", "impossible"), r
+        if r.get("type") == "session" and r.get("xnat_session_id"):
+            seen.append((r["xnat_session_id"], slow_zips_answered()))
+    n_sessions = sum(len(sb.study.sessions(s.id)) for s in subs)
+    assert len(seen) == n_sessions
+    assert seen[0][0] != last and seen[0][1] == 0, seen
+    assert seen[-1][0] == last and seen[-1][1] > 0, seen
+    assert_fsck(ds)
+
+
 def test_no_label_enters_the_dataset_under_pseudonyms(tmp_path, sb, ds):
     csv, subs = pseudonymous_list(tmp_path, sb)
     download(ds, sb, csv)

@@ -37,8 +37,8 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Generator, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +54,7 @@ __all__ = [
     "BulkResult",
     "fetch",
     "fetch_resource_zip",
+    "fetch_stepwise",
     "remove_stale",
     "tmp_root",
 ]
@@ -259,7 +260,31 @@ def fetch(
     jobs: int = 4,
     progress: Callable[[int], None] | None = None,
 ) -> BulkResult:
+    """Get the content of ``files`` into the annex, one zip per resource:
+    :func:`fetch_stepwise` without looking at the files as they arrive."""
+    steps = fetch_stepwise(xnat, annex, files, jobs=jobs, progress=progress)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return end.value
+
+
+def fetch_stepwise(
+    xnat: XnatSession,
+    annex,
+    files: Iterable,
+    *,
+    jobs: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> Generator[list[str], None, BulkResult]:
     """Get the content of ``files`` into the annex, one zip per resource.
+
+    Yields, while the other zips go on streaming, the paths whose content
+    has entered the annex since the last yield (a resource's verified
+    files, once its zip has ended), so that the caller can report what is
+    complete; returns the whole :class:`BulkResult` at the end. Abandoning
+    the generator stops the zips still streaming.
 
     ``files`` are :class:`~datalad_fmrif.plan.PlannedFile` (or
     :class:`BulkFile`) of files already registered or about to be (their
@@ -335,9 +360,17 @@ def fetch(
     try:
         with annex.ingest(by_key) as ingest:
             try:
-                for fut in [pool.submit(one, i, folder, ingest)
-                            for i, folder in enumerate(groups)]:
+                futures = {pool.submit(one, i, folder, ingest): folder
+                           for i, folder in enumerate(groups)}
+                ended: list[BulkFile] = []  # files of the zips that ended
+                for fut in as_completed(futures):
                     fut.result()  # re-raises CredentialRejected (and bugs)
+                    ended += groups[futures[fut]]
+                    # in the annex now (with reinject, once its batch is in)
+                    arrived = {bf for bf in ended if ingest.results.get(bf.key, "") is None}
+                    if arrived:
+                        ended = [bf for bf in ended if bf not in arrived]
+                        yield [bf.path for bf in arrived]
             except BaseException:
                 cancel.set()
                 raise
