@@ -34,6 +34,11 @@ with their files split into new, present, changed and removed,
 which each session takes in with :meth:`_Session.failing`; ``_record``
 and ``_commit`` take the settled sessions. :meth:`Download.run` reads as
 that data flow, in the order that makes an interruption harmless.
+
+Why one module of ~900 lines: each step's promise depends on the order of
+the others and on the repair of what a killed run left (a pending run
+record, records not yet merged, unrecorded content), so they are read
+together, top to bottom, in the order they run.
 """
 
 from __future__ import annotations
