@@ -55,7 +55,7 @@ from .credentials import (
     resolve_credential_name,
 )
 from .pipeline import ACTION, DownloadOptions, now_iso
-from .provenance import options_from_record, options_record
+from .provenance import options_from_record, options_record, subjects_digest
 from .subdatasets import (
     fill_subject,
     has_sessions,
@@ -159,7 +159,7 @@ class Schedule:
     server: str
     token: str  # name of the alias token credential
     options: dict  # the plan options (options_record), keep_labels, ...
-    subject_list_sha256: str
+    subjects_sha256: str  # provenance.subjects_digest: what the dataset shows
     command: str
     tasks: list  # per task: the subjects' names in the dataset
     max_running: int
@@ -305,7 +305,9 @@ def schedule(ds, subjects: SubjectList, options: DownloadOptions, *,
         options={"plan": options_record(options.plan),
                  "keep_labels": options.keep_labels,
                  "no_content": options.no_content, "jobs": options.jobs},
-        subject_list_sha256=subjects.sha256, command=options.command,
+        subjects_sha256=subjects_digest(subjects.requests,
+                                        keep_labels=options.keep_labels),
+        command=options.command,
         tasks=[[subject_path(r) for r in t] for t in tasks],
         max_running=max_running)
     if options.dry_run:
@@ -396,7 +398,7 @@ def finish(ds, *, resubmit: bool, command: str):
         ds, paths, [p[len("sub-"):] for p in changed],
         {"server": sched.server, "time": now_iso(), "slurm_jobs": jobs,
          "tasks": len(sched.tasks), "failed_tasks": failed,
-         "subject_list_sha256": sched.subject_list_sha256},
+         "subjects_sha256": sched.subjects_sha256},
         command, f"Register {len(changed)} subjects downloaded by Slurm job array "
         + ", ".join(jobs) if changed else None)
     if failure:
@@ -527,7 +529,7 @@ def run_task(state: Path, index: int) -> int:
     requests = [_request(r) for r in
                 json.loads((state / "tasks" / f"{index}.json").read_text())]
     subjects = SubjectList(requests=tuple(requests), notes=(),
-                           sha256=sched.subject_list_sha256)
+                           sha256=sched.subjects_sha256)
     done = state / "tasks" / f"{index}.done"
     done.unlink(missing_ok=True)
     token = _use_token(state)

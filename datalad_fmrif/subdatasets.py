@@ -28,7 +28,7 @@ from typing import Iterator
 from . import __version__
 from .pipeline import ACTION, Download, DownloadOptions, now_iso
 from .plan import PlanError, sanitize_label
-from .provenance import MANIFEST_DIR, run_record, run_record_message
+from .provenance import MANIFEST_DIR, run_record, run_record_message, subjects_digest
 from .subjects import SubjectList, SubjectRequest
 
 lgr = logging.getLogger("datalad.fmrif.subdatasets")
@@ -214,7 +214,8 @@ class SubdatasetDownload:
         failure = save_superdataset(
             self.ds, paths, [n for _, n in changed],
             {"server": self.options.server, "time": now_iso(),
-             "subject_list_sha256": self.subjects.sha256},
+             "subjects_sha256": subjects_digest(
+                 self.subjects.requests, keep_labels=self.options.keep_labels)},
             self.options.command, self.options.message)
         if failure:
             yield failure

@@ -128,6 +128,8 @@ def test_whole_protocol_on_slurm(tmp_path, secret_service, state_dir, slurm,
         _, record = get_run_info(ds, git(ds, "log", "-1", "--format=%B"))
         assert record["fmrif"]["slurm_jobs"] == [job, re["job"]]
         assert len(record["fmrif"]["subjects"]) == 20
+        assert "subject_list_sha256" not in record["fmrif"]
+        assert record["fmrif"]["subjects_sha256"]
         # every file verified against its XNAT digest, in every subdataset
         for r in subds:
             sub = dl.Dataset(r["path"])

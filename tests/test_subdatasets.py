@@ -52,6 +52,9 @@ def test_subdatasets_download_rerun_clone(tmp_path, sb, ds):
 
     _, record = get_run_info(ds, msg)
     assert record["fmrif"]["subjects"] == ["P01", "P02"]
+    # the list by what the dataset shows, never a plain hash of its labels
+    assert "subject_list_sha256" not in record["fmrif"]
+    assert record["fmrif"]["subjects_sha256"]
     assert "--subdatasets" in record["cmd"]
     # privacy: no label anywhere in the history of the super- or subdatasets
     for where in (ds, dl.Dataset(ds.pathobj / "sub-P01")):
