@@ -42,6 +42,7 @@ from ..subjects import (
     read_pseudonyms,
 )
 from ..xnat.errors import XnatError
+from ..xnat.xnatpy_adapter import POOL_SIZE as MAX_JOBS  # a connection per job
 from ._common import (
     NotInDataset,
     credential_param,
@@ -103,7 +104,7 @@ class FmrifDownload(ValidatedInterface):
         exclude_series=EnsureStr(),
         resource=EnsureListOf(EnsureStr(min_len=1)),
         no_content=EnsureBool(),
-        jobs=EnsureInt() & EnsureRange(min=1, max=32),
+        jobs=EnsureInt() & EnsureRange(min=1, max=MAX_JOBS),
         dry_run=EnsureBool(),
         message=EnsureStr(),
         subdatasets=EnsureBool(),
