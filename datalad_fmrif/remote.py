@@ -207,14 +207,17 @@ class FmrifRemote(SpecialRemote):
                     f"no credential {name!r} for XNAT at {self.server}: run "
                     f"'datalad fmrif-login' for this server (or, for batch "
                     f"jobs, set {user_var} and {secret_var})")
+            from .xnat.http import PlainConnection
             from .xnat.session import request_limits
 
             try:
                 limits = request_limits(self._config())
             except ValueError as e:
                 raise RemoteError(str(e)) from None
+            # requests alone, not xnatpy's model: see PlainConnection
             self._session = XnatSession(self.server, credential,
-                                        verify=resolve_verify(self._config()), **limits)
+                                        verify=resolve_verify(self._config()),
+                                        connector=PlainConnection, **limits)
         return self._session
 
     @contextlib.contextmanager
@@ -280,6 +283,9 @@ class FmrifRemote(SpecialRemote):
         from .content.transfer import fetch
 
         size, md5 = key_facts(key)
+        if self._resource_zips().cached(key, filename):
+            self.annex.progress(os.path.getsize(filename))
+            return
         urls = self._urls(key)
         if not urls:
             raise RemoteError(f"no URL on {self.server} is recorded for {key}")
@@ -299,14 +305,10 @@ class FmrifRemote(SpecialRemote):
     def _from_zip(self, key, urls, filename) -> bool:
         """Serve ``key`` from a zip of its scan resource when that pays
         (:mod:`datalad_fmrif.content.remote_zip`); False: fetch it on its own."""
-        from .content.remote_zip import ResourceZips
-
-        if self._zips is None:
-            self._zips = ResourceZips(self.server, self.annex.getgitdir())
         in_a_row = self._failures_in_a_row
         with self._errors():  # a rejected credential during a zip is final
             try:
-                served = self._zips.retrieve(key, [self._path(u) for u in urls],
+                served = self._resource_zips().retrieve(key, [self._path(u) for u in urls],
                                              filename, self._xnat)
             except OSError as e:  # the cache, not XNAT: the file alone will do
                 lgr.debug("zip cache: %s; fetching %s on its own", e, key)
@@ -316,6 +318,14 @@ class FmrifRemote(SpecialRemote):
             return False
         self.annex.progress(os.path.getsize(filename))
         return True
+
+    def _resource_zips(self):
+        """The zip cache of this ``git annex get`` (made on the first transfer)."""
+        if self._zips is None:
+            from .content.remote_zip import ResourceZips
+
+            self._zips = ResourceZips(self.server, self.annex.getgitdir())
+        return self._zips
 
     def checkpresent(self, key):
         """Whether XNAT still holds this very content.
@@ -418,8 +428,8 @@ class FmrifRemote(SpecialRemote):
 class _AnnexLog(logging.Handler):
     """Log records as git-annex DEBUG messages (shown with ``--debug``).
 
-    Only from the main thread: the protocol stream is not shared with
-    xnatpy's keep-alive thread.
+    Only from the main thread: the protocol stream is not shared with any
+    thread a library may start.
     """
 
     def __init__(self, annex: Master):
@@ -474,7 +484,6 @@ def main():
     warnings = logging.StreamHandler(sys.stderr)
     warnings.setLevel(logging.WARNING)
     log.addHandler(warnings)
-    logging.getLogger("datalad.fmrif.xnatpy").setLevel(logging.INFO)
 
     try:
         master.Listen(proto_in)

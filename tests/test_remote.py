@@ -154,7 +154,14 @@ def test_get_drop_get(sb, env_credential, tmp_path):
 
     dl.drop(ds / first, dataset=ds, result_renderer="disabled")
     assert first not in present(ds)
+    since = len(sb.requests)
     dl.get(ds / first, dataset=ds, result_renderer="disabled")
+    # one file: the login, its bytes and the logout, nothing else. No
+    # xnatpy set-up (GET /, /data/auth, the version): the remote starts
+    # without xnatpy's model (datalad_fmrif/xnat/http.py, PlainConnection)
+    assert [(r.method, r.path) for r in sb.requests[since:]] == [
+        ("PUT", "/data/services/auth"), ("GET", url_of(sb, f)[len(sb.url):]),
+        ("DELETE", "/data/JSESSION")]
     assert (ds / first).read_bytes() == f.content()
     annex(ds, "fsck", "--fast", first)
     annex(ds, "fsck", first)
@@ -208,7 +215,7 @@ def test_parallel_get_logs_in_once_per_job(sb, env_credential, tmp_path):
     file_paths = {url_of(sb, f)[len(sb.url):] for f in paths.values()}
     fetched = [r.path for r in requests if r.path in file_paths]
     assert sorted(fetched) == sorted(file_paths)  # each file once
-    # besides the login and xnatpy's connection set-up: no catalog queries
+    # besides the logins and logouts: no catalog queries
     others = {r.path for r in requests if r.path not in file_paths}
     assert not [p for p in others if p.startswith(("/data/projects", "/data/subjects",
                                                    "/data/experiments"))]

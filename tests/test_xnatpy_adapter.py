@@ -9,7 +9,7 @@ import requests
 
 from datalad_fmrif.credentials import Credential, Rejections
 from datalad_fmrif.xnat.session import XnatSession
-from datalad_fmrif.xnat.xnatpy_adapter import POOL_SIZE, CaBundleAdapter, NoRedirects
+from datalad_fmrif.xnat.http import POOL_SIZE, CaBundleAdapter, NoRedirects
 
 
 class _Watched(dict):

@@ -42,7 +42,7 @@ from ..subjects import (
     read_pseudonyms,
 )
 from ..xnat.errors import XnatError
-from ..xnat.xnatpy_adapter import POOL_SIZE as MAX_JOBS  # a connection per job
+from ..xnat.http import POOL_SIZE as MAX_JOBS  # a connection per job
 from ._common import (
     NotInDataset,
     credential_param,

@@ -29,8 +29,9 @@ zips while the others wait and then take their keys from it.
 
 What the cache promises (``docs/guarantees.md``):
 
-- it holds only verified entries, each in a file named by its key; an
-  entry being written is a ``.part`` file, never served;
+- it holds only verified entries, each in a file named by its key (one
+  folder for the run, so that a key is found without asking git-annex for
+  its URLs first); an entry being written is a ``.part`` file, never served;
 - a served entry is moved out (it is then git-annex's temporary file, which
   git-annex checks against the key once more);
 - it is bounded: a zip is taken only while the cache of the run plus the
@@ -66,6 +67,7 @@ _MANIFEST_DIR = Path(".datalad", "fmrif", "sessions")
 _DONE = "zip-done"  # in a resource directory: its zip was taken (or refused)
 _LOCK = "lock"
 _ALIVE = "alive"  # in a run directory: shared-locked by each of its processes
+_ENTRIES = "entries"  # in a run directory: the verified entries, named by key
 
 
 def cache_root(gitdir: str | os.PathLike) -> Path:
@@ -117,11 +119,20 @@ class ResourceZips:
         self.server = server
         self.gitdir = Path(gitdir)
         self.run = cache_root(gitdir) / str(os.getppid())
+        self.entries = self.run / _ENTRIES
         self._dataset: Path | None = None
         self._touched: set[Path] = set()
         self._alive: int | None = None
 
-    # -- the hook of transfer_retrieve ------------------------------------------
+    # -- the hooks of transfer_retrieve -----------------------------------------
+
+    def cached(self, key: str, dest: str | os.PathLike) -> bool:
+        """Put the content of ``key`` at ``dest`` if a zip of this run
+        brought it: no request, and not even its URLs asked of git-annex
+        (a protocol round trip and a read of git-annex's branch per key)."""
+        if self._alive is None:
+            self._join_run()
+        return self._take(key, dest)
 
     def retrieve(self, key: str, url_paths: Sequence[str], dest: str | os.PathLike,
                  xnat: Callable[[], object]) -> bool:
@@ -139,7 +150,7 @@ class ResourceZips:
             if not sep or not name or not folder.startswith("/data/experiments/"):
                 continue
             rdir = self.run / hashlib.sha1(folder.encode()).hexdigest()[:16]
-            if self._take(rdir, key, dest):
+            if self._take(key, dest):
                 return True
             try:
                 rdir.mkdir(parents=True)
@@ -152,7 +163,7 @@ class ResourceZips:
             with _locked(rdir / _LOCK):
                 if not (rdir / _DONE).exists():
                     self._zip(rdir, folder, xnat)
-                return self._take(rdir, key, dest)
+                return self._take(key, dest)
         return False
 
     def _join_run(self) -> None:
@@ -165,7 +176,8 @@ class ResourceZips:
     # -- the zip -------------------------------------------------------------------
 
     def _zip(self, rdir: Path, folder: str, xnat) -> None:
-        """Fetch the missing files of ``folder`` into ``rdir`` if that pays."""
+        """Fetch the missing files of ``folder`` into the run's entries if
+        that pays; mark ``rdir`` done either way."""
         from .bulk import fetch_resource_zip
 
         try:
@@ -179,7 +191,7 @@ class ResourceZips:
                 lgr.debug("zip of %s: %d bytes would overfill the cache; fetching "
                           "per file", folder, wanted)
                 return
-            written, failed = fetch_resource_zip(xnat(), folder, missing, rdir)
+            written, failed = fetch_resource_zip(xnat(), folder, missing, self.entries)
             lgr.debug("zip of %s: %d of %d files verified%s", folder, len(written),
                       len(missing), f"; {next(iter(failed.values()))}" if failed else "")
         finally:
@@ -250,11 +262,11 @@ class ResourceZips:
 
     # -- serving and cleaning up -----------------------------------------------------
 
-    def _take(self, rdir: Path, key: str, dest) -> bool:
+    def _take(self, key: str, dest) -> bool:
         """Move the verified entry of ``key`` to ``dest``, if the cache has it."""
         from ..annex.keys import key_facts
 
-        entry = rdir / key
+        entry = self.entries / key
         size, _md5 = key_facts(key)
         try:
             if size is None or entry.stat().st_size != size:
@@ -270,8 +282,9 @@ class ResourceZips:
         return True
 
     def close(self) -> None:
-        """Remove what this process put in the cache, and the run's directory
-        when it is empty (the last process of a ``get -J`` to end)."""
+        """Remove the resource markers this process made, and the whole run,
+        entries and all, when this is its last process (the last of a
+        ``get -J`` to end): an entry no key was asked for is not kept."""
         for rdir in self._touched:
             shutil.rmtree(rdir, ignore_errors=True)
         self._touched.clear()

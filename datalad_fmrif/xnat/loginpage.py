@@ -11,7 +11,7 @@ import requests
 
 from ..credentials import Credential
 from .errors import ServerUnreachable, TlsError
-from .xnatpy_adapter import pin_ca_bundle
+from .http import pin_ca_bundle
 
 
 def login_form(cred: Credential) -> dict:

@@ -1,9 +1,10 @@
 """One logged-in XNAT session, reused for a whole run.
 
 XNAT's own docs warn that basic auth on every request opens a server session
-each time. We log in once (one request), let xnatpy set up the connection
-around that JSESSIONID (through one adapter, .xnatpy_adapter, which says why
-each adjustment is needed), reuse it from any number of threads, and log in again
+each time. We log in once (one request), set up the connection around that
+JSESSIONID (xnatpy's, through one adapter, .xnatpy_adapter, which says why
+each adjustment is needed; or, in the special remote, .http.PlainConnection),
+reuse it from any number of threads, and log in again
 exactly once when XNAT says the session expired. A rejected secret (401 on the
 login itself) is final: it is remembered across processes and never sent
 again, because NIH accounts lock after a few failed logins.
@@ -15,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import requests
 import urllib3
@@ -33,14 +34,10 @@ from .errors import (
     UnknownAuthProvider,
     XnatError,
 )
+from .http import pin_ca_bundle
 from .loginpage import login_form
-from .xnatpy_adapter import connect, pin_ca_bundle
 
 lgr = logging.getLogger("datalad.fmrif.xnat")
-
-# xnatpy reports each login at INFO; that is our debug detail, not news
-_XNATPY_LOGGER = logging.getLogger("datalad.fmrif.xnatpy")
-_XNATPY_LOGGER.setLevel(logging.WARNING)
 
 TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 LOGIN_HELP = "Run 'datalad fmrif-login' to store the right password"
@@ -115,6 +112,29 @@ class RetryBudget:
         return self.spent + 1
 
 
+class Connection(Protocol):
+    """What a session needs of the connection around its JSESSIONID:
+    xnatpy's ``XNATSession`` (:func:`.xnatpy_adapter.connect`) or
+    :class:`.http.PlainConnection`."""
+
+    interface: requests.Session
+    xnat_version: Any
+
+    def disconnect(self) -> None: ...
+
+
+#: makes the connection: (server, jsession, verify=..., timeout=...)
+Connector = Callable[..., Connection]
+
+
+def xnatpy_connection(server: str, jsession: str, *, verify: str | bool,
+                      timeout: float) -> Connection:
+    """xnatpy's session, imported only when one is made."""
+    from .xnatpy_adapter import connect
+
+    return connect(server, jsession, verify=verify, timeout=timeout)
+
+
 def _could_not_connect(error: Exception) -> bool:
     """No connection was made at all (refused, no route, name, connect
     timeout): a server that is not there, unlike a reset or a broken body."""
@@ -134,6 +154,8 @@ class XnatSession:
 
     ``retries`` and ``backoff`` bound how long a transient failure (5xx,
     reset, timeout) is retried: ``backoff * 2**n`` seconds before attempt n+1.
+    ``connector`` makes the connection after each login: xnatpy's by
+    default; the special remote passes :class:`.http.PlainConnection`.
     """
 
     def __init__(
@@ -146,6 +168,7 @@ class XnatSession:
         backoff: float = 0.5,
         timeout: float = DEFAULT_TIMEOUT,
         rejections: Rejections | None = None,
+        connector: Connector = xnatpy_connection,
     ):
         self.server = server.rstrip("/")
         self.credential = credential
@@ -154,9 +177,10 @@ class XnatSession:
         self.backoff = backoff
         self.timeout = timeout
         self.rejections = rejections or Rejections()
+        self.connector = connector
         self.login_attempts = 0
         self.xnat_version = ""
-        self._xnat = None  # the xnatpy session
+        self._xnat: Connection | None = None
         self._generation = 0
         self._lock = threading.Lock()
         # set when XNAT answered an HTML page again right after a fresh
@@ -193,7 +217,7 @@ class XnatSession:
         return self._xnat.interface
 
     def _login(self) -> None:
-        """One login request; then xnatpy sets up the connection around it.
+        """One login request; then the connection is set up around it.
 
         Must be called with ``self._lock`` held.
         """
@@ -222,8 +246,8 @@ class XnatSession:
             except Exception:  # noqa: BLE001
                 pass
         try:
-            self._xnat = connect(self.server, jsession, verify=self.verify,
-                                 timeout=self.timeout, logger=_XNATPY_LOGGER)
+            self._xnat = self.connector(self.server, jsession, verify=self.verify,
+                                        timeout=self.timeout)
         except requests.exceptions.SSLError as e:
             raise self._tls_error(e) from None
         except requests.exceptions.RequestException as e:
