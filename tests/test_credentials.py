@@ -196,6 +196,29 @@ def test_secret_service_is_fine(secret_service):
     assert keyring_problem() is None
 
 
+@pytest.mark.parametrize("provider", [None, "nihldap"])
+def test_the_stored_credential_reads_as_datalads_manager_reads_it(secret_service, provider):
+    """CredentialStore.get reads what the manager stored without importing
+    datalad_next (see CredentialStore._stored); both reads must agree."""
+    from datalad import cfg
+    from datalad_next.credman import CredentialManager
+
+    name = f"xnat-read-test-{provider or 'plain'}"
+    store = CredentialStore(cfg)
+    store.set(name, "someone", "not-a-real-secret", realm="http://127.0.0.1:9/",
+              expires="2031-01-01T00:00:00Z", auth_provider=provider)
+    try:
+        by_manager = {k: v for k, v in CredentialManager(cfg).get(name).items()
+                      if not k.startswith("_")}
+        assert store._stored(name) == by_manager
+        cred = store.get(name)
+        assert (cred.user, cred.secret, cred.source, cred.expires, cred.auth_provider) == (
+            "someone", "not-a-real-secret", "keyring", "2031-01-01T00:00:00Z", provider)
+    finally:
+        store.remove(name)
+    assert store._stored(name) is None and store.get(name) is None
+
+
 # -- the rejection memory ----------------------------------------------------------
 
 

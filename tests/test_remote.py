@@ -222,14 +222,29 @@ def test_parallel_get_logs_in_once_per_job(sb, env_credential, tmp_path):
     assert all(r.auth in ("cookie", "form") for r in requests)  # never basic auth
 
 
-def test_credential_from_keyring(sb, secret_service, tmp_path):
+#: what the remote must not load on its way to the first transfer (issue
+#: 18): xnatpy's model (with pydicom and numpy), and DataLad's command
+#: machinery, which importing datalad_next patches
+NOT_FOR_THE_REMOTE = ("xnat", "pydicom", "numpy", "datalad_next",
+                      "datalad.interface.base", "datalad.core.local.save")
+
+
+def test_credential_from_keyring(sb, secret_service, tmp_path, monkeypatch):
+    """A keyring credential, and what the remote process imported to use it
+    (Python's own -X importtime report, on the remote's stderr)."""
     name = default_credential_name(sb.url)
     store = CredentialStore()
     store.set(name, sb.user, sb.password, realm=sb.url)
     try:
         ds = tmp_path / "ds"
         paths = make_dataset(ds, sb, study_files(sb, 2))
-        annex(ds, "get", ".")
+        monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")
+        got = annex(ds, "get", ".")
+        monkeypatch.delenv("PYTHONPROFILEIMPORTTIME")
+        imported = {line.rsplit("|", 1)[1].strip()
+                    for line in got.stderr.splitlines() if line.startswith("import time:")}
+        assert "keyring" in imported and "datalad_fmrif.remote" in imported
+        assert not imported & set(NOT_FOR_THE_REMOTE), sorted(imported & set(NOT_FOR_THE_REMOTE))
         assert present(ds) == set(paths)
     finally:
         store.remove(name)
