@@ -180,11 +180,16 @@ class Schedule:
                       json.dumps(self.__dict__, indent=1, sort_keys=True))
 
     def download_options(self) -> DownloadOptions:
+        """The options of each subject's download; its run record is the
+        superdataset's (see :attr:`.DownloadOptions.superdataset_id`)."""
+        from datalad.distribution.dataset import Dataset
+
         o = self.options
         return DownloadOptions(
             server=self.server, plan=options_from_record(o["plan"]),
             keep_labels=o["keep_labels"], no_content=o["no_content"],
-            jobs=o["jobs"], command=self.command)
+            jobs=o["jobs"], command=self.command,
+            superdataset_id=Dataset(self.superdataset).id)
 
 
 def state_dir(ds) -> Path:

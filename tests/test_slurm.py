@@ -147,6 +147,11 @@ def test_whole_protocol_on_slurm(tmp_path, secret_service, state_dir, slurm,
         assert len(record["fmrif"]["subjects"]) == 20
         assert "subject_list_sha256" not in record["fmrif"]
         assert record["fmrif"]["subjects_sha256"]
+        # a subject's run record, written by a task, is the superdataset's
+        sub = dl.Dataset(ds.pathobj / "sub-P05")
+        _, record = get_run_info(sub, git(sub, "log", "-1", "--format=%B"))
+        assert record["dsid"] == ds.id != sub.id
+        assert record["fmrif"]["superdataset"] == ds.id
         # every file verified against its XNAT digest, in every subdataset
         for r in subds:
             sub = dl.Dataset(r["path"])
