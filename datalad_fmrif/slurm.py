@@ -507,9 +507,10 @@ def _deliver_subject(sched: Schedule, subjects: SubjectList, req: SubjectRequest
 def _verify_remote(repo: Path, server: str) -> None:
     """Confirm to git-annex the ``fmrif`` remote the clone autoenabled.
 
-    git-annex (since 10.2025) blocks every push from a clone while a special
-    remote it autoenabled is unverified: it guards against a remote set up
-    by someone else to read from an unexpected place. The clone is of the
+    Recent git-annex (10.20261026) blocks every push from a clone while a
+    special remote it autoenabled is unverified ("Push prevented due to an
+    unverified special remote", docs/troubleshooting.md): it guards against
+    a remote set up by someone else to read from an unexpected place. The clone is of the
     user's own subdataset, and the remote is confirmed only when it points
     at the server of this schedule.
     """

@@ -258,3 +258,12 @@ def test_failed_tasks_are_reported_and_a_swarm_line_runs_a_task(tmp_path, sb, ds
     assert ds.config.get("datalad.fmrif.layout") == "subdatasets"
     history = git(ds, "log", "-p", "--all")
     assert not [s.label for s in subs if s.label in history]
+
+    # the same task again delivers again: its clone of sub-P03 has the
+    # autoenabled fmrif remote, which git-annex (10.20261026) must be told
+    # is safe before it lets the clone push ("Push prevented due to an
+    # unverified special remote")
+    done = state / "tasks" / "1.done"
+    done.unlink()
+    subprocess.run(shlex.split(lines[1]), check=True, capture_output=True)
+    assert json.loads(done.read_text())["status"] == "ok", done.read_text()
