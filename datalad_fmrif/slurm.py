@@ -510,9 +510,9 @@ def _verify_remote(repo: Path, server: str) -> None:
     Recent git-annex (10.20261026) blocks every push from a clone while a
     special remote it autoenabled is unverified ("Push prevented due to an
     unverified special remote", docs/troubleshooting.md): it guards against
-    a remote set up by someone else to read from an unexpected place. The clone is of the
-    user's own subdataset, and the remote is confirmed only when it points
-    at the server of this schedule.
+    a remote set up by someone else to read from an unexpected place. The
+    clone is of the user's own subdataset, and the remote is confirmed only
+    when it points at the server of this schedule.
     """
     from .remote_setup import fmrif_remotes
 
