@@ -104,6 +104,12 @@ class DownloadOptions:
     message: str | None = None
     credential: str | None = None  # explicit --credential, recorded in the remote
     command: str = ""  # the command line, for the run record
+    #: the superdataset whose run this download is part of (its dataset ID):
+    #: a subject's subdataset filled by ``--subdatasets`` or a Slurm task
+    #: records the superdataset's command under the superdataset's ID, as
+    #: ``datalad run`` does in the subdatasets it saves, so that ``datalad
+    #: rerun`` in the subdataset does not run it there
+    superdataset_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -596,7 +602,13 @@ class Download:
         message = self.options.message or (
             f"Download {n.get('new', 0)} new files of {len(sessions)} sessions "
             f"from {server}")
-        record = run_record(self.options.command, self.ds.id or "", extra)
+        dsid = self.ds.id or ""
+        if self.options.superdataset_id:
+            dsid = extra["superdataset"] = self.options.superdataset_id
+            message += (f"\n\nPart of a download into the superdataset {dsid}, "
+                        "whose command this is: run 'datalad rerun' there, not "
+                        "here.\n")
+        record = run_record(self.options.command, dsid, extra)
         return run_record_message(message, record)
 
     def _finish_pending_record(self) -> dict | None:

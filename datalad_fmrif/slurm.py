@@ -180,11 +180,16 @@ class Schedule:
                       json.dumps(self.__dict__, indent=1, sort_keys=True))
 
     def download_options(self) -> DownloadOptions:
+        """The options of each subject's download; its run record is the
+        superdataset's (see :attr:`.DownloadOptions.superdataset_id`)."""
+        from datalad.distribution.dataset import Dataset
+
         o = self.options
         return DownloadOptions(
             server=self.server, plan=options_from_record(o["plan"]),
             keep_labels=o["keep_labels"], no_content=o["no_content"],
-            jobs=o["jobs"], command=self.command)
+            jobs=o["jobs"], command=self.command,
+            superdataset_id=Dataset(self.superdataset).id)
 
 
 def state_dir(ds) -> Path:
@@ -502,11 +507,12 @@ def _deliver_subject(sched: Schedule, subjects: SubjectList, req: SubjectRequest
 def _verify_remote(repo: Path, server: str) -> None:
     """Confirm to git-annex the ``fmrif`` remote the clone autoenabled.
 
-    git-annex (since 10.2025) blocks every push from a clone while a special
-    remote it autoenabled is unverified: it guards against a remote set up
-    by someone else to read from an unexpected place. The clone is of the
-    user's own subdataset, and the remote is confirmed only when it points
-    at the server of this schedule.
+    Recent git-annex (10.20261026) blocks every push from a clone while a
+    special remote it autoenabled is unverified ("Push prevented due to an
+    unverified special remote", docs/troubleshooting.md): it guards against
+    a remote set up by someone else to read from an unexpected place. The
+    clone is of the user's own subdataset, and the remote is confirmed only
+    when it points at the server of this schedule.
     """
     from .remote_setup import fmrif_remotes
 

@@ -170,7 +170,8 @@ class SubdatasetDownload:
         self.ds = ds
         self.root = Path(ds.path)
         self.subjects = subjects
-        self.options = options
+        # each subdataset's record is the superdataset's, as with datalad run
+        self.options = replace(options, superdataset_id=ds.id)
         self.xnat = xnat
 
     def run(self) -> Iterator[dict]:

@@ -3,12 +3,14 @@
 The sandbox XNAT, real DataLad and git-annex, the real Secret Service on the
 "login node" (this process), and Slurm's slurmctld/slurmd/munged running the
 tasks as they would on Biowulf. A whole protocol of 20 subjects in tasks of
-3, at most 2 at once; one task is killed mid-way (scancel) and resubmitted.
+3, at most 2 at once; one task is killed mid-way (scancel: the sandbox holds
+its second subject's files until then) and resubmitted.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -16,8 +18,9 @@ from pathlib import Path
 import datalad.api as dl
 import pytest
 
-from datalad_fmrif.sandbox import StudySpec
+from datalad_fmrif.sandbox import Fault, StudySpec
 from datalad_fmrif.slurm import array_spec, job_script, split_tasks, swarm_file
+from datalad_fmrif.subdatasets import has_sessions
 from helpers import PROJECT, assert_fsck, git, keyring_sandbox, subjects_csv
 
 
@@ -54,8 +57,10 @@ def _wait(job_ids, job_for_procs, seen, timeout=600, until=None):
             return
         out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(job_ids)],
                              capture_output=True, text=True).stdout
-        if until is None and not out.strip():
-            return
+        if not out.strip():
+            if until is None:
+                return
+            raise AssertionError("the job array ended before what the test waits for")
         time.sleep(0.2)
     raise AssertionError("the job array did not end in time")
 
@@ -88,6 +93,9 @@ def test_whole_protocol_on_slurm(tmp_path, secret_service, state_dir, slurm,
                                 result_renderer="disabled", return_type="list")
         assert tok["status"] == "ok", tok
         before = int(git(ds, "rev-list", "--count", "HEAD"))
+        sessions = "|".join(re.escape(e.id) for e in sb.study.sessions(subs[4].id))
+        held = sb.add_fault(Fault("hold", times=None,
+                                  path=rf"/experiments/(?:{sessions})/scans/[^/]+/resources/"))
 
         (res,) = dl.fmrif_download(
             str(csv), dataset=ds.path, server=sb.url, slurm=True,
@@ -99,20 +107,29 @@ def test_whole_protocol_on_slurm(tmp_path, secret_service, state_dir, slurm,
         token_file = state / "credential.json"
         assert token_file.stat().st_mode & 0o077 == 0
 
-        # kill task 1 once it works on its second subject
+        # kill task 1 (sub-P04..P06) mid-way: XNAT holds the files of its
+        # second subject, so the task is provably still at work on it when
+        # scancel reaches it, whenever that is
         seen: dict = {}
+        _wait([job], job, seen, until=lambda: held.wait_held(0))
         progress = state / "tasks" / "1.progress"
-        _wait([job], job, seen, until=lambda: progress.exists()
-              and progress.read_text().strip() == "sub-P05")
+        assert progress.read_text().strip() == "sub-P05"
         subprocess.run(["scancel", f"{job}_1"], check=True)
-        _wait([job], job, seen)
+        _wait([job], job, seen)  # squeue lists nothing of the array any more
+        held.release()
         assert not (state / "tasks" / "1.done").exists()
+        # what it delivered before stays; nothing of the subject it was
+        # killed on reached the dataset, nor did the one after it
+        delivered = {p.name for p in (state / "delivered").iterdir()}
+        assert "sub-P04" in delivered
+        assert not delivered & {"sub-P05", "sub-P06"}
+        assert not has_sessions(ds.pathobj / "sub-P05")
 
-        (re,) = dl.fmrif_finish(dataset=ds.path, resubmit=True, on_failure="ignore",
-                                result_renderer="disabled", return_type="list")
-        assert re["status"] == "ok", re
-        assert re["tasks"] == [1]
-        _wait([job, re["job"]], re["job"], seen)
+        (resub,) = dl.fmrif_finish(dataset=ds.path, resubmit=True, on_failure="ignore",
+                                   result_renderer="disabled", return_type="list")
+        assert resub["status"] == "ok", resub
+        assert resub["tasks"] == [1]
+        _wait([job, resub["job"]], resub["job"], seen)
 
         results = dl.fmrif_finish(dataset=ds.path, on_failure="ignore",
                                   result_renderer="disabled", return_type="list")
@@ -126,10 +143,15 @@ def test_whole_protocol_on_slurm(tmp_path, secret_service, state_dir, slurm,
         from datalad.local.rerun import get_run_info
 
         _, record = get_run_info(ds, git(ds, "log", "-1", "--format=%B"))
-        assert record["fmrif"]["slurm_jobs"] == [job, re["job"]]
+        assert record["fmrif"]["slurm_jobs"] == [job, resub["job"]]
         assert len(record["fmrif"]["subjects"]) == 20
         assert "subject_list_sha256" not in record["fmrif"]
         assert record["fmrif"]["subjects_sha256"]
+        # a subject's run record, written by a task, is the superdataset's
+        sub = dl.Dataset(ds.pathobj / "sub-P05")
+        _, record = get_run_info(sub, git(sub, "log", "-1", "--format=%B"))
+        assert record["dsid"] == ds.id != sub.id
+        assert record["fmrif"]["superdataset"] == ds.id
         # every file verified against its XNAT digest, in every subdataset
         for r in subds:
             sub = dl.Dataset(r["path"])
@@ -236,3 +258,12 @@ def test_failed_tasks_are_reported_and_a_swarm_line_runs_a_task(tmp_path, sb, ds
     assert ds.config.get("datalad.fmrif.layout") == "subdatasets"
     history = git(ds, "log", "-p", "--all")
     assert not [s.label for s in subs if s.label in history]
+
+    # the same task again delivers again: its clone of sub-P03 has the
+    # autoenabled fmrif remote, which git-annex (10.20261026) must be told
+    # is safe before it lets the clone push ("Push prevented due to an
+    # unverified special remote")
+    done = state / "tasks" / "1.done"
+    done.unlink()
+    subprocess.run(shlex.split(lines[1]), check=True, capture_output=True)
+    assert json.loads(done.read_text())["status"] == "ok", done.read_text()

@@ -137,3 +137,44 @@ def test_subdatasets_no_content_and_layout_switch(tmp_path, sb, ds):
     assert res[0]["status"] == "impossible"
     assert "sub-{subject}/" in res[0]["message"]
     subprocess.run(["git", "diff", "--exit-code"], cwd=ds.path, check=True)
+
+
+def test_rerun_belongs_to_the_superdataset(tmp_path, sb, ds):
+    """A subject's subdataset records the superdataset's command under the
+    superdataset's ID, as ``datalad run`` does in the subdatasets it saves:
+    ``datalad rerun`` in the subdataset refuses it (the command, paths and
+    --subdatasets are the superdataset's) and runs nothing; in the
+    superdataset (with --assume-ready outputs) it repeats the download of
+    every subject, taking only what is new."""
+    from datalad.local.rerun import get_run_info
+
+    csv, subs = pseudonymous_list(tmp_path, sb, n=2)
+    assert not _problems(download(ds, sb, csv, subdatasets=True))
+    sub = dl.Dataset(ds.pathobj / "sub-P01")
+    _, record = get_run_info(sub, git(sub, "log", "-1", "--format=%B"))
+    assert record["dsid"] == ds.id != sub.id
+    assert record["fmrif"]["superdataset"] == ds.id
+    assert "--subdatasets" in record["cmd"]
+    assert "run 'datalad rerun' there" in git(sub, "log", "-1", "--format=%B")
+
+    head = git(sub, "rev-parse", "HEAD")
+    sb.clear_requests()
+    res = sub.rerun(result_renderer="disabled", return_type="list",
+                    on_failure="ignore")
+    assert [r["status"] for r in res] == ["notneeded", "impossible"], res
+    assert "different dataset" in str(res[0]["message"])
+    assert "could be re-executed" in str(res[1]["message"])
+    assert not sb.requests  # nothing was run
+    assert git(sub, "rev-parse", "HEAD") == head
+
+    # in the superdataset: the download again, taking only what is new
+    # (--assume-ready outputs: without it, rerun would first unlock, i.e.
+    # copy, every file the commit brought into the subdatasets)
+    added = sb.study.add_session(subs[0].id)
+    res = ds.rerun(assume_ready="outputs", result_renderer="disabled",
+                   return_type="list", on_failure="ignore")
+    assert not _problems(res), _problems(res)
+    gets = content_gets(sb)
+    assert gets and all(f"/experiments/{added.id}/" in r.path for r in gets)
+    assert git(ds, "status", "--porcelain", "--ignore-submodules=none") == ""
+    assert (sub.pathobj / ".datalad/fmrif/sessions" / f"{added.id}.json").exists()

@@ -63,7 +63,7 @@ FILE_COLUMNS = ["Name", "Size", "URI", "collection", "file_tags", "file_format",
                 "cat_ID", "digest"]
 LOCALDB = "localdb"   # XdatUserAuthService.LOCALDB
 TOKEN = "token"       # XdatUserAuthService.TOKEN
-FAULT_KINDS = ("status", "reset", "truncate", "html200", "slow", "expire", "body")
+FAULT_KINDS = ("status", "reset", "truncate", "html200", "slow", "expire", "body", "hold")
 
 
 # ====================================================================== public records
@@ -87,7 +87,9 @@ class Fault:
     connection; after ``after_bytes`` body bytes if given, else before any
     response), ``truncate`` (announce the full Content-Length, send
     ``after_bytes`` bytes, close), ``html200`` (200 with an HTML error page),
-    ``slow`` (wait ``delay`` seconds, then answer normally), ``expire``
+    ``slow`` (wait ``delay`` seconds, then answer normally), ``hold`` (keep
+    the request waiting, unanswered, until :meth:`release`, then answer
+    normally; :meth:`wait_held` tells when one arrived), ``expire``
     (invalidate this request's session, answer 401), ``body`` (a server that
     answers something else than it claims: ``body`` bytes are sent with
     ``status`` (default 200) as ``content_type``, or, when ``body`` is a
@@ -131,6 +133,16 @@ class Fault:
             raise ValueError("rate must be between 0 and 1")
         self._regex = re.compile(self.path)
         self._random = random.Random(self.seed)
+        self._arrived = threading.Event()
+        self._released = threading.Event()
+
+    def wait_held(self, timeout: float) -> bool:
+        """Has a ``hold`` fault a request waiting (within ``timeout`` s)?"""
+        return self._arrived.wait(timeout)
+
+    def release(self):
+        """Let every request a ``hold`` fault keeps, and any later one, go on."""
+        self._released.set()
 
     def matches(self, method: str, path: str) -> bool:
         if self.method is not None and self.method.upper() != method:
@@ -486,6 +498,9 @@ class XNATRequestHandler(BaseHTTPRequestHandler):
         kind = fault.kind
         if kind == "slow":
             time.sleep(fault.delay)
+        elif kind == "hold":
+            fault._arrived.set()
+            fault._released.wait()
         elif kind == "status":
             self._send_error_page(fault.status, "Injected fault", fault.headers)
             raise _Done
@@ -1386,6 +1401,8 @@ class Sandbox:
 
     def clear_faults(self):
         with self._state.lock:
+            for fault in self._state.faults:
+                fault.release()  # no request stays waiting for a fault gone
             self._state.faults.clear()
 
     # ---- cost

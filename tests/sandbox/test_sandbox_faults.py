@@ -133,3 +133,29 @@ def test_bandwidth(sb, http):
     t = time.monotonic()
     http.get(sb.url + uri)
     assert time.monotonic() - t < took
+
+
+def test_hold_keeps_a_file_request_unanswered_until_released(sb, http):
+    """A request XNAT has accepted but not answered yet: FileList.java
+    (xnat-web 1.8.10.1) sends a file's bytes, or a zip of a resource's, only
+    as it reads them from the archive, and sets no time limit of its own, so
+    a stalled archive (NFS) leaves the client waiting with no status line.
+    A test holds one subject's files so that the download is provably still
+    running when it acts (e.g. cancels a Slurm task), then releases them."""
+    import threading
+
+    uri, f = _file_uri(sb)
+    fault = sb.add_fault(Fault("hold", path=r"/files/", times=None))
+    got = {}
+    t = threading.Thread(target=lambda: got.update(r=http.get(sb.url + uri)))
+    t.start()
+    assert fault.wait_held(30)
+    t.join(0.2)
+    assert t.is_alive() and "r" not in got  # no answer while held
+    # other requests are answered meanwhile
+    assert requests.get(sb.url + "/data/version").status_code in (200, 401)
+    fault.release()
+    t.join(30)
+    assert hashlib.md5(got["r"].content).hexdigest() == f.md5
+    # after the release, matching requests are answered at once
+    assert hashlib.md5(http.get(sb.url + uri).content).hexdigest() == f.md5
