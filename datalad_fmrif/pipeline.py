@@ -134,6 +134,9 @@ class _Session:
     failed: Mapping[str, str] = field(default_factory=dict)  # path -> message
     removed: tuple = ()  # PlannedFile the user took out
     missing: Mapping[str, str] = field(default_factory=dict)  # path -> since when
+    #: present files whose content was not here and that this run fetched
+    #: again (dropped, or a fresh clone): work done, so reported
+    refetched: tuple = ()  # path
 
     @property
     def session(self) -> Session:
@@ -467,7 +470,10 @@ class Download:
             for i, w in enumerate(sessions):
                 if waiting.get(i) == set():
                     del waiting[i]
-                    yield w.failing(failed)
+                    w = w.failing(failed)
+                    yield replace(w, refetched=tuple(
+                        pf.path for pf in w.present
+                        if pf.path in owner and pf.path not in w.failed))
 
         yield from settled([])  # sessions with nothing to fetch
         if not missing:
@@ -767,6 +773,7 @@ class Download:
                 files_changed=n["changed"], files_failed=n["failed"],
                 files_excluded=n["excluded"], files_removed=n["removed"],
                 files_missing_on_server=n["missing_on_server"],
+                files_refetched=n["refetched"],
                 bytes=sum(pf.size for pf in w.plan.files),
                 bytes_new=sum(pf.size for pf in w.new if pf.path not in w.failed),
                 dry_run=planned, no_content=self.options.no_content,
@@ -795,13 +802,13 @@ class Download:
                         xnat_session_id=s.id)
             if w.failed and not planned:
                 status = "error"
-            elif n["new"] or w.failed:
+            elif n["new"] or n["refetched"] or w.failed:
                 status = "ok"
             else:  # nothing to do, in a dry run as in a download
                 status = "notneeded"
             yield self._result(status, session_message(
                 s.id, new=n["new"], new_bytes=fields["bytes_new"],
-                present=n["present"], excluded=n["excluded"],
+                present=n["present"], excluded=n["excluded"], refetched=n["refetched"],
                 excluded_series=excluded_series(w.plan), dry_run=planned,
                 no_content=self.options.no_content,
                 others={label: n[what] for what, label in (
@@ -884,6 +891,7 @@ def _counts(w: _Session) -> dict[str, int]:
         "excluded": len(w.plan.excluded),
         "removed": len(w.removed),
         "missing_on_server": len(w.missing),
+        "refetched": len(w.refetched),
     }
 
 

@@ -60,8 +60,15 @@ def action_words(*, dry_run: bool, no_content: bool) -> tuple[str, str]:
     return "downloaded", "downloaded"
 
 
+def refetched_text(n: int) -> str:
+    """`` (1000 of them fetched again: their content was not here)``: files
+    already in the dataset whose content the run brought back (dropped, or
+    a fresh clone); nothing when there are none."""
+    return f" ({n} of them fetched again: their content was not here)" if n else ""
+
+
 def session_message(session_id: str, *, new: int, new_bytes: int, present: int,
-                    excluded: int, excluded_series: Iterable[str] = (),
+                    excluded: int, refetched: int = 0, excluded_series: Iterable[str] = (),
                     dry_run: bool = False, no_content: bool = False,
                     others: Mapping[str, int] | None = None) -> str:
     """One session's line of ``fmrif-download``, e.g. ``session FMRIF_E00001:
@@ -70,7 +77,7 @@ def session_message(session_id: str, *, new: int, new_bytes: int, present: int,
     ``{"failed": 3}`` as ``, 3 failed``."""
     verb, _ = action_words(dry_run=dry_run, no_content=no_content)
     return (f"session {session_id}: {verb} {plural(new, 'new file')} "
-            f"({size_text(new_bytes)}), {present} already present, "
+            f"({size_text(new_bytes)}), {present} already present{refetched_text(refetched)}, "
             + excluded_text(excluded, excluded_series)
             + "".join(f", {n} {label}" for label, n in (others or {}).items() if n))
 
@@ -89,7 +96,8 @@ def download_summary(sessions: list[Mapping]) -> str:
         head += f" ({quiet} with nothing new, not listed above)"
     text = (f"{head}: {plural(total('files_new'), 'new file')} "
             f"({size_text(total('bytes_new'))}) {done}, "
-            f"{total('files_present')} already present, "
+            f"{total('files_present')} already present"
+            f"{refetched_text(total('files_refetched'))}, "
             f"{total('files_changed')} changed on XNAT, "
             f"{total('files_failed')} failed, "
             f"{excluded_text(total('files_excluded'))}"

@@ -181,6 +181,32 @@ def test_rerun_fetches_nothing_and_new_session_is_picked_up(tmp_path, sb, ds):
     assert all(f"/experiments/{added.id}/" in r.path for r in zip_gets(sb))
 
 
+def test_a_dropped_session_comes_back_by_zip_and_is_reported(tmp_path, sb, ds):
+    """A re-run restores dropped content (one zip per scan, as a first
+    download) and says so, instead of "nothing new"."""
+    csv, subs = pseudonymous_list(tmp_path, sb, n=1)
+    download(ds, sb, csv)
+    first = manifests(ds)
+    sid, doc = sorted(first.items())[0]
+    session_dir = os.path.dirname(os.path.dirname(doc["files"][0]["path"]))
+    ds.drop(session_dir, result_renderer="disabled")
+    head = git(ds, "rev-parse", "HEAD")
+
+    sb.clear_requests()
+    res = download(ds, sb, csv)
+    mine = [r for r in res if r.get("type") == "session" and r["xnat_session_id"] == sid]
+    assert [r["status"] for r in mine] == ["ok"]
+    n = len(doc["files"])
+    assert mine[0]["files_refetched"] == n and mine[0]["files_new"] == 0
+    assert f"{n} already present ({n} of them fetched again" in mine[0]["message"]
+    others = [r for r in res if r.get("type") == "session" and r["xnat_session_id"] != sid]
+    assert all(r["status"] == "notneeded" and r["files_refetched"] == 0 for r in others)
+    assert file_gets(sb) == []
+    assert len(zip_gets(sb)) == len({os.path.dirname(f["path"]) for f in doc["files"]})
+    assert_fsck(ds)
+    assert git(ds, "rev-parse", "HEAD") == head  # content only: nothing to commit
+
+
 def test_changed_digest_is_reported_not_replaced(tmp_path, sb, ds):
     csv, subs = pseudonymous_list(tmp_path, sb, n=1)
     download(ds, sb, csv)

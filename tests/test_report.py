@@ -65,6 +65,10 @@ def test_download_summary():
     one = download_summary([_session(files_new=1, bytes_new=10, no_content=True)])
     assert one.startswith("1 session: 1 new file (10 bytes) registered, content "
                           "not downloaded,")
+    back = download_summary([_session(files_present=5, files_refetched=3),
+                             _session("notneeded", files_present=2)])
+    assert ("7 already present (3 of them fetched again: their content was not "
+            "here), 0 changed") in back
 
 
 def test_status_line_puts_the_state_first_like_datalad_status():
