@@ -178,6 +178,21 @@ def test_cost_and_availability(got):
     assert proto.stdout.splitlines()[1:] == ["COST 250", "AVAILABILITY GLOBAL"]
 
 
+def test_a_clone_holding_the_content_is_asked_before_xnat(got, sb, tmp_path):
+    """What the cost is for: a clone that has the files serves them, and
+    XNAT is not asked for any (a cost under the clone's would send the
+    first request to XNAT)."""
+    import datalad.api as dl
+
+    where, entries = scan_dir(got)
+    annex(got, "get", where)
+    clone = dl.clone(got.path, str(tmp_path / "clone"), result_renderer="disabled")
+    sb.clear_requests()
+    annex(clone, "get", where)
+    assert {e["path"] for e in entries} <= present(clone)
+    assert file_gets(sb) == [] and zip_gets(sb) == []
+
+
 def test_testremote_read_only(got):
     ds = got
     _where, entries = scan_dir(ds)
