@@ -207,17 +207,14 @@ class FmrifRemote(SpecialRemote):
                     f"no credential {name!r} for XNAT at {self.server}: run "
                     f"'datalad fmrif-login' for this server (or, for batch "
                     f"jobs, set {user_var} and {secret_var})")
-            from .xnat.http import PlainConnection
             from .xnat.session import request_limits
 
             try:
                 limits = request_limits(self._config())
             except ValueError as e:
                 raise RemoteError(str(e)) from None
-            # requests alone, not xnatpy's model: see PlainConnection
             self._session = XnatSession(self.server, credential,
-                                        verify=resolve_verify(self._config()),
-                                        connector=PlainConnection, **limits)
+                                        verify=resolve_verify(self._config()), **limits)
         return self._session
 
     @contextlib.contextmanager

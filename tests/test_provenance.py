@@ -100,6 +100,10 @@ def test_rerun_record_holds_no_label(tmp_path, sb, ds):
     assert text.startswith("[DATALAD RUNCMD] first pull")
     for s in subs:
         assert s.label not in text
+    record = json.loads(text.split("=== Do not change lines below ===")[1]
+                        .split("^^^ Do not change lines above ^^^")[0])
+    # read from /xapi/siteConfig/buildInfo, as xnatpy reads it
+    assert record["fmrif"]["xnat_version"] == "1.8.10"
 
 
 def test_fmrif_status_reports_changed_deleted_and_new(tmp_path, sb, ds):

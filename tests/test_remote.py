@@ -156,12 +156,12 @@ def test_get_drop_get(sb, env_credential, tmp_path):
     assert first not in present(ds)
     since = len(sb.requests)
     dl.get(ds / first, dataset=ds, result_renderer="disabled")
-    # one file: the login, its bytes and the logout, nothing else. No
-    # xnatpy set-up (GET /, /data/auth, the version): the remote starts
-    # without xnatpy's model (datalad_fmrif/xnat/http.py, PlainConnection)
+    # one file: the login and its check, its bytes and the logout, nothing
+    # else. No xnatpy set-up (GET /, the version): the remote never asks
+    # for xnatpy's session (datalad_fmrif/xnat/session.py)
     assert [(r.method, r.path) for r in sb.requests[since:]] == [
-        ("PUT", "/data/services/auth"), ("GET", url_of(sb, f)[len(sb.url):]),
-        ("DELETE", "/data/JSESSION")]
+        ("PUT", "/data/services/auth"), ("GET", "/data/auth"),
+        ("GET", url_of(sb, f)[len(sb.url):]), ("DELETE", "/data/JSESSION")]
     assert (ds / first).read_bytes() == f.content()
     annex(ds, "fsck", "--fast", first)
     annex(ds, "fsck", first)

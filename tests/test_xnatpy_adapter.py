@@ -59,4 +59,27 @@ def test_no_keepalive_pings_to_die_on_the_terminal(sandbox, tmp_path):
     with XnatSession(sandbox.url, cred,
                      rejections=Rejections(tmp_path / "rejected")) as xnat:
         assert xnat.get_json("/data/projects")
-        assert xnat._xnat.keepalive is False
+        assert xnat.xnatpy.keepalive is False
+
+
+def test_xnatpy_is_made_only_when_asked_for(sandbox, tmp_path):
+    """Requests need no xnatpy: its session (and its set-up requests, GET /
+    and /data/auth) comes when something asks for its objects or for the
+    XNAT version, over the same connection, and is made again after a
+    fresh login."""
+    cred = Credential("sandbox", sandbox.user, sandbox.password, "environment")
+    since = len(sandbox.requests)
+    with XnatSession(sandbox.url, cred,
+                     rejections=Rejections(tmp_path / "rejected")) as xnat:
+        assert xnat.get_json("/data/projects")
+        assert xnat.xnat_version == "1.8.10"  # read without xnatpy, once
+        assert xnat.xnat_version == "1.8.10"
+        assert [r.path for r in sandbox.requests[since:]] == [
+            "/data/services/auth", "/data/auth", "/data/projects",
+            "/xapi/siteConfig/buildInfo"]
+        assert xnat.xnatpy.interface is xnat.http
+        assert "17-M-0181" in xnat.xnatpy.projects  # xnatpy's own objects work
+        first = xnat.xnatpy
+        xnat._reauthenticate(xnat._generation)
+        assert xnat.xnatpy is not first and xnat.xnatpy.interface is xnat.http
+    assert sandbox.requests[-1].path == "/data/JSESSION"  # logged out

@@ -13,9 +13,9 @@ each for a reason:
   maximum), not requests' 10, or every transfer beyond the tenth would open
   a connection and a TLS handshake anew.
 
-Two connections are built on it: xnatpy's (:mod:`.xnatpy_adapter`), which
-``fmrif-download`` and ``fmrif-login`` use, and :class:`PlainConnection`,
-which the ``fmrif`` special remote uses.
+Every request of :class:`.session.XnatSession` goes through it; xnatpy's
+session (:mod:`.xnatpy_adapter`), when something asks for it, is made over
+the same one.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import platform
 from urllib.parse import urlsplit
 
 import requests
-
-from .. import __version__
 
 #: connections kept per host: one per parallel job (-J allows up to 32)
 POOL_SIZE = 32
@@ -100,28 +98,3 @@ def end_session(http: requests.Session, server: str, timeout: float) -> None:
     except requests.exceptions.RequestException:
         pass
     http.close()
-
-
-class PlainConnection:
-    """The logged-in connection without xnatpy's model.
-
-    The ``fmrif`` special remote needs a few GETs and HEADs per key and none
-    of xnatpy's objects, and git-annex starts it once per job of every
-    ``git annex get``: importing xnatpy (with pydicom and numpy) would cost
-    each of those processes about 0.35 s of CPU before its first byte
-    (``benchmarks/README.md``). The login it follows is ours and already
-    checked (``XnatSession._request_jsession``), so nothing is asked of
-    XNAT here; the version is not asked either (nothing records it).
-    """
-
-    xnat_version = ""
-
-    def __init__(self, server: str, jsession: str, *, verify: str | bool,
-                 timeout: float):
-        self.server = server
-        self.logout_timeout = min(timeout, LOGOUT_TIMEOUT)
-        self.interface = http_session(server, jsession, verify,
-                                      user_agent(f"datalad-fmrif/{__version__}"))
-
-    def disconnect(self) -> None:
-        end_session(self.interface, self.server, self.logout_timeout)

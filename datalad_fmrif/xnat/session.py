@@ -1,26 +1,34 @@
 """One logged-in XNAT session, reused for a whole run.
 
 XNAT's own docs warn that basic auth on every request opens a server session
-each time. We log in once (one request), set up the connection around that
-JSESSIONID (xnatpy's, through one adapter, .xnatpy_adapter, which says why
-each adjustment is needed; or, in the special remote, .http.PlainConnection),
+each time. We log in once (one request), make the connection around that
+JSESSIONID (.http: no redirects, a pinned CA bundle, a connection per job),
 reuse it from any number of threads, and log in again
 exactly once when XNAT says the session expired. A rejected secret (401 on the
 login itself) is final: it is remembered across processes and never sent
 again, because NIH accounts lock after a few failed logins.
+
+xnatpy's session (:attr:`XnatSession.xnatpy`, through one adapter,
+.xnatpy_adapter, which says why each adjustment is needed) is made over the
+same connection when something first asks for it or for the XNAT version,
+which the run record holds: a command that records nothing (a re-run with
+nothing new, the special remote) never imports xnatpy, with pydicom and
+numpy, nor makes its set-up requests.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
-from typing import Any, Callable, Protocol
+from typing import Any
 
 import requests
 import urllib3
 
+from .. import __version__
 from ..credentials import Credential, Rejections
 from .errors import (
     AccessDenied,
@@ -34,7 +42,7 @@ from .errors import (
     UnknownAuthProvider,
     XnatError,
 )
-from .http import pin_ca_bundle
+from .http import LOGOUT_TIMEOUT, end_session, http_session, pin_ca_bundle, user_agent
 from .loginpage import login_form
 
 lgr = logging.getLogger("datalad.fmrif.xnat")
@@ -112,29 +120,6 @@ class RetryBudget:
         return self.spent + 1
 
 
-class Connection(Protocol):
-    """What a session needs of the connection around its JSESSIONID:
-    xnatpy's ``XNATSession`` (:func:`.xnatpy_adapter.connect`) or
-    :class:`.http.PlainConnection`."""
-
-    interface: requests.Session
-    xnat_version: Any
-
-    def disconnect(self) -> None: ...
-
-
-#: makes the connection: (server, jsession, verify=..., timeout=...)
-Connector = Callable[..., Connection]
-
-
-def xnatpy_connection(server: str, jsession: str, *, verify: str | bool,
-                      timeout: float) -> Connection:
-    """xnatpy's session, imported only when one is made."""
-    from .xnatpy_adapter import connect
-
-    return connect(server, jsession, verify=verify, timeout=timeout)
-
-
 def _could_not_connect(error: Exception) -> bool:
     """No connection was made at all (refused, no route, name, connect
     timeout): a server that is not there, unlike a reset or a broken body."""
@@ -154,8 +139,6 @@ class XnatSession:
 
     ``retries`` and ``backoff`` bound how long a transient failure (5xx,
     reset, timeout) is retried: ``backoff * 2**n`` seconds before attempt n+1.
-    ``connector`` makes the connection after each login: xnatpy's by
-    default; the special remote passes :class:`.http.PlainConnection`.
     """
 
     def __init__(
@@ -168,7 +151,6 @@ class XnatSession:
         backoff: float = 0.5,
         timeout: float = DEFAULT_TIMEOUT,
         rejections: Rejections | None = None,
-        connector: Connector = xnatpy_connection,
     ):
         self.server = server.rstrip("/")
         self.credential = credential
@@ -177,10 +159,11 @@ class XnatSession:
         self.backoff = backoff
         self.timeout = timeout
         self.rejections = rejections or Rejections()
-        self.connector = connector
         self.login_attempts = 0
-        self.xnat_version = ""
-        self._xnat: Connection | None = None
+        self._http: requests.Session | None = None
+        self._jsession = ""
+        self._xnatpy = None  # xnatpy's session, made on first use
+        self._version: str | None = None
         self._generation = 0
         self._lock = threading.Lock()
         # set when XNAT answered an HTML page again right after a fresh
@@ -201,20 +184,62 @@ class XnatSession:
             self._login()
 
     def close(self) -> None:
+        """Log out, so that XNAT does not keep the session until it times out."""
         with self._lock:
-            if self._xnat is not None:
-                try:
-                    self._xnat.disconnect()
-                except Exception as e:  # noqa: BLE001 - logging out is best effort
-                    lgr.debug("logout from %s failed: %s", self.server, type(e).__name__)
-                self._xnat = None
+            if self._http is not None:
+                end_session(self._http, self.server, min(self.timeout, LOGOUT_TIMEOUT))
+            self._http = None
+            self._xnatpy = None
 
     @property
     def http(self) -> requests.Session:
         """The requests session carrying the JSESSIONID cookie."""
-        if self._xnat is None:
+        http = self._http
+        if http is None:
             self.connect()
-        return self._xnat.interface
+            http = self._http
+        return http
+
+    @property
+    def xnatpy(self):
+        """xnatpy's ``XNATSession`` over this session's connection, with
+        its data model, for whoever wants xnatpy's objects (a script that
+        browses as the FMRIF tutorial does). Made on first use, and again
+        after a fresh login; nothing of datalad-fmrif's own work needs it.
+        Raises what xnatpy's set-up raises (:func:`.xnatpy_adapter.connect`)."""
+        from .xnatpy_adapter import connect
+
+        with self._lock:
+            if self._http is None:
+                self._login()
+            if self._xnatpy is None:
+                self._xnatpy = connect(self.server, self._http, self._jsession,
+                                       timeout=self.timeout)
+            return self._xnatpy
+
+    @property
+    def xnat_version(self) -> str:
+        """XNAT's version, for the run record, read as xnatpy reads it
+        (``/xapi/siteConfig/buildInfo`` since XNAT 1.7, else
+        ``/data/version``); empty when it cannot be read (its absence is
+        no error, and it is not worth a retry)."""
+        if self._version is None:
+            self._version = ""
+            for path in ("/xapi/siteConfig/buildInfo", "/data/version"):
+                try:
+                    response = self.request("GET", path, budget=self.budget(0))
+                    body = response.content
+                    response.close()
+                    text = (json.loads(body).get("version") if path.startswith("/xapi")
+                            else body.decode("utf-8", "replace"))
+                except (XnatError, ValueError, AttributeError, OSError) as e:
+                    lgr.debug("XNAT version from %s: %s", path, type(e).__name__)
+                    continue
+                text = str(text or "").strip()
+                if text and len(text) < 64 and not looks_like_html(text.encode()):
+                    self._version = text
+                    break
+        return self._version
 
     def _login(self) -> None:
         """One login request; then the connection is set up around it.
@@ -239,30 +264,41 @@ class XnatSession:
                     attempts=0,
                 )
             jsession = self._request_jsession()
-        old, self._xnat = self._xnat, None
+        old, self._http = self._http, None
+        self._xnatpy = None  # made again over the new connection when asked for
         if old is not None:
             try:
-                old.interface.close()
+                old.close()
             except Exception:  # noqa: BLE001
                 pass
+        http = http_session(self.server, jsession, self.verify,
+                            user_agent(f"datalad-fmrif/{__version__}"))
+        self._check_login(http)
+        self._jsession = jsession
+        self._http = http
+        self._generation += 1
+
+    def _check_login(self, http: requests.Session) -> None:
+        """One request that only XNAT answers as XNAT does: ``GET
+        /data/auth`` on the new session says ``User 'NAME' is logged in``
+        (xnatpy's login check, the same request). Anything else after a
+        login that seemed to work is not an XNAT we can use."""
         try:
-            self._xnat = self.connector(self.server, jsession, verify=self.verify,
-                                        timeout=self.timeout)
+            response = http.get(f"{self.server}/data/auth",
+                                timeout=(min(CONNECT_TIMEOUT, self.timeout), self.timeout))
         except requests.exceptions.SSLError as e:
             raise self._tls_error(e) from None
         except requests.exceptions.RequestException as e:
             raise ServerUnreachable(
                 f"cannot reach XNAT at {self.server}: {type(e).__name__}"
             ) from None
-        except Exception as e:  # xnatpy's own errors say what went wrong
+        text = response.text[:1000] if response.status_code == 200 else ""
+        response.close()
+        if not re.search(r"User '[^']+' is logged in", text):
+            end_session(http, self.server, min(self.timeout, LOGOUT_TIMEOUT))
             raise NotXnat(
-                f"{self.server} did not answer like XNAT after login: {e}"
-            ) from None
-        try:
-            self.xnat_version = str(self._xnat.xnat_version or "")
-        except Exception:  # noqa: BLE001 - for the record only; its absence is no error
-            self.xnat_version = ""
-        self._generation += 1
+                f"{self.server} did not answer like XNAT after login (GET "
+                f"/data/auth: HTTP {response.status_code})")
 
     def _request_jsession(self) -> str:
         """The one login request. Alias tokens log in by basic auth, like xnatpy."""

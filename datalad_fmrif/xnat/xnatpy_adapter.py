@@ -7,12 +7,14 @@ them. What this module does differently from ``xnat.connect``, and why:
 - **We log in ourselves** (one request, before this module is called; see
   ``XnatSession._login``), because a rejected password must be remembered
   and never sent again (NIH accounts lock). xnatpy gets the JSESSIONID.
-- **We make the requests session** xnatpy works with
-  (:func:`.http.http_session`), because ``xnat.connect`` (0.8) accepts
-  none and the one it makes itself follows redirects (to whatever server
-  a redirect of ``GET /`` names, cookie and all), lets
+- **We give it our requests session** (:func:`.http.http_session`, the one
+  every request of ``XnatSession`` uses), because ``xnat.connect`` (0.8)
+  accepts none and the one it makes itself follows redirects (to whatever
+  server a redirect of ``GET /`` names, cookie and all), lets
   ``REQUESTS_CA_BUNDLE`` override a configured CA bundle, and keeps
   requests' pool of 10 connections; :mod:`.http` says why each matters.
+  The session is ``XnatSession``'s, so a failed set-up here does not log
+  it out (``xnat.connect`` would).
 - **We turn off xnatpy's keep-alive pings**: its thread pings
   ``/data/JSESSION`` every few minutes and, when the server has gone away,
   dies with a traceback on the user's terminal ("Exception in thread
@@ -25,14 +27,14 @@ them. What this module does differently from ``xnat.connect``, and why:
 Then the two requests ``xnat.connect`` makes are made as it makes them,
 with xnatpy's own functions: ``GET /`` (its redirect detection) and
 ``GET /data/auth`` (its login check). Nothing of xnatpy is patched, and
-the process environment is never changed.
+the process environment is never changed. ``XnatSession`` makes xnatpy's
+session only when something asks for it (or for the XNAT version).
 """
 
 from __future__ import annotations
 
 import logging
-
-from .http import end_session, http_session, user_agent
+import uuid
 
 #: what xnat.connect waits for its own two requests
 PILOT_TIMEOUT = 12.0
@@ -50,35 +52,24 @@ class XnatpyLogger(logging.LoggerAdapter):
         self.log(VERBOSE, msg, *args, **kwargs)
 
 
-def http_session_for_xnatpy(server: str, jsession: str, verify: str | bool):
-    """:func:`.http.http_session` with xnatpy's User-Agent and its
-    ``JSessionAuth``, as ``xnat.connect`` sets them."""
-    import xnat
-    from xnat.utils import JSessionAuth
-
-    http = http_session(server, jsession, verify, user_agent(f"xnatpy/{xnat.__version__}"))
-    http.auth = JSessionAuth(jsession)
-    return http
-
-
-def connect(server: str, jsession: str, *, verify: str | bool, timeout: float):
-    """xnatpy's ``XNATSession`` over our session, after the checks
-    ``xnat.connect`` makes. Raises what requests and xnatpy raise."""
+def connect(server: str, http, jsession: str, *, timeout: float):
+    """xnatpy's ``XNATSession`` over ``http`` (logged in as ``jsession``),
+    after the checks ``xnat.connect`` makes. Raises what requests and
+    xnatpy raise."""
     import xnat
     from xnat.session import XNATSession
 
     log = XnatpyLogger(LOGGER, {})
-    http = http_session_for_xnatpy(server, jsession, verify)
-    try:
-        pilot = http.get(server, timeout=PILOT_TIMEOUT)
-        used = xnat.detect_redirection(pilot, server, log)
-        user = xnat.check_auth(http, server=used, user=None, jsession=jsession,
-                               logger=log, timeout=PILOT_TIMEOUT)
-        return XNATSession(server=used, logger=log, interface=http,
-                           original_uri=server, logged_in_user=user,
-                           default_timeout=timeout, jsession=jsession,
-                           keepalive=False)
-    except BaseException:
-        # as xnat.connect: end the server's session, best effort
-        end_session(http, server, PILOT_TIMEOUT)
-        raise
+    pilot = http.get(server, timeout=PILOT_TIMEOUT)
+    used = xnat.detect_redirection(pilot, server, log)
+    user = xnat.check_auth(http, server=used, user=None, jsession=jsession,
+                           logger=log, timeout=PILOT_TIMEOUT)
+    session = XNATSession(server=used, logger=log, interface=http,
+                          original_uri=server, logged_in_user=user,
+                          default_timeout=timeout, jsession=jsession,
+                          keepalive=False)
+    # its data model, as xnat.connect builds it (in a module of its own per
+    # connection): without it xnatpy's objects (projects, subjects, ...)
+    # cannot be made
+    xnat.build_model(session, extension_types=True, connection_id=uuid.uuid4().hex)
+    return session
