@@ -46,6 +46,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from .credentials import (
     Credential,
@@ -54,7 +55,7 @@ from .credentials import (
     env_names,
     resolve_credential_name,
 )
-from .pipeline import ACTION, DownloadOptions, now_iso
+from .pipeline import ACTION, DownloadOptions, list_projects, now_iso
 from .provenance import options_from_record, options_record, subjects_digest
 from .subdatasets import (
     fill_subject,
@@ -460,7 +461,8 @@ def _locked(path: Path):
 
 
 def _deliver_subject(sched: Schedule, subjects: SubjectList, req: SubjectRequest,
-                     options: DownloadOptions, xnat, scratch: Path) -> list[str]:
+                     options: DownloadOptions, xnat, projects: Mapping,
+                     scratch: Path) -> list[str]:
     """One subject: target created if new, cloned to scratch, filled there,
     pushed back. Returns the problems (empty: delivered)."""
     import datalad.api as dl
@@ -483,7 +485,7 @@ def _deliver_subject(sched: Schedule, subjects: SubjectList, req: SubjectRequest
         clone = dl.clone(str(target), str(work), result_renderer="disabled")
         _verify_remote(work, sched.server)
         problems = [f"{r.get('path', '')}: {r['message']}" for r in
-                    fill_subject(clone, subjects, req, options, xnat)
+                    fill_subject(clone, subjects, req, options, xnat, projects)
                     if r["status"] in ("error", "impossible")]
         pushed = clone.push(to="origin", result_renderer="disabled",
                             return_type="list", on_failure="ignore")
@@ -540,11 +542,14 @@ def run_task(state: Path, index: int) -> int:
     failed: dict[str, list[str]] = {}
     try:
         with xnat_session(cfg, sched.server, token) as xnat:
+            # each project listed once for the task's subjects
+            projects = list_projects(xnat, (r.project for r in requests))
             for req in requests:
                 name = subject_path(req)
                 (state / "tasks" / f"{index}.progress").write_text(name + "\n")
                 lgr.info("task %d: %s", index, name)
-                problems = _deliver_subject(sched, subjects, req, options, xnat, scratch)
+                problems = _deliver_subject(sched, subjects, req, options, xnat, projects,
+                                            scratch)
                 if problems:
                     failed[name] = problems
                     lgr.error("task %d could not deliver %s: %s", index, name, "; ".join(problems))

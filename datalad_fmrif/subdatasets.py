@@ -23,10 +23,10 @@ import logging
 import subprocess
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from . import __version__
-from .pipeline import ACTION, Download, DownloadOptions, now_iso
+from .pipeline import ACTION, Download, DownloadOptions, list_projects, now_iso
 from .plan import PlanError, sanitize_label
 from .provenance import MANIFEST_DIR, run_record, run_record_message, subjects_digest
 from .subjects import SubjectList, SubjectRequest
@@ -121,12 +121,15 @@ def subject_dataset(path: Path):
 
 
 def fill_subject(sub, subjects: SubjectList, req: SubjectRequest,
-                 options: DownloadOptions, xnat) -> Iterator[dict]:
+                 options: DownloadOptions, xnat, projects: Mapping) -> Iterator[dict]:
     """Download one subject into its own dataset ``sub``: a plain
-    :class:`.Download` with the path template inside the subdataset."""
+    :class:`.Download` with the path template inside the subdataset.
+    ``projects`` (:func:`.pipeline.list_projects`) is listed once for all
+    the subjects of a run: a project's listing grows with its subjects, and
+    listing it again per subject would make a protocol quadratic."""
     inner = replace(options, plan=replace(options.plan,
                                           template=inner_template(options.plan.template)))
-    yield from Download(sub, one_subject(subjects, req), inner, xnat).run()
+    yield from Download(sub, one_subject(subjects, req), inner, xnat, projects).run()
 
 
 def record_layout(ds) -> bool:
@@ -175,6 +178,7 @@ class SubdatasetDownload:
 
     def run(self) -> Iterator[dict]:
         changed: list[tuple[str, str]] = []  # (path, name)
+        projects = list_projects(self.xnat, (r.project for r in self.subjects.requests))
         for req in self.subjects.requests:
             try:
                 path = subject_path(req)
@@ -192,7 +196,8 @@ class SubdatasetDownload:
             created = not (where / ".git").exists()
             sub = subject_dataset(where)
             before = head(where)
-            for res in fill_subject(sub, self.subjects, req, self.options, self.xnat):
+            for res in fill_subject(sub, self.subjects, req, self.options, self.xnat,
+                                    projects):
                 res["refds"] = str(self.root)
                 yield res
             if not has_sessions(where):

@@ -113,6 +113,33 @@ def test_a_subject_that_fails_gets_no_subdataset(tmp_path, sb, ds):
     assert git(ds, "status", "--porcelain") == ""
 
 
+def test_each_project_is_listed_once_for_all_subjects(tmp_path, sb, ds):
+    """Every subject's download plans against ONE listing of its project's
+    subjects per run: listed again per subject, it would cost a request
+    each and grow with the protocol (quadratic over thousands of subjects).
+    A project XNAT does not have is listed once too, and still fails each
+    of its subjects, with no subdataset for them."""
+    from helpers import PROJECT, main_subjects, subjects_csv
+
+    subs = main_subjects(sb, 3)
+    rows = [(PROJECT, s.label, f"P{i:02d}") for i, s in enumerate(subs, 1)]
+    rows += [("NO-SUCH-PROJECT", f"S{i}", f"X{i}") for i in (1, 2)]
+    csv = subjects_csv(tmp_path, rows)
+    sb.clear_requests()
+    res = download(ds, sb, csv, subdatasets=True, no_content=True)
+    assert [r["type"] for r in _problems(res)] == ["project", "project"]
+    subds = ds.subdatasets(result_renderer="disabled", return_type="list")
+    assert sorted(r["path"] for r in subds) == [
+        str(ds.pathobj / f"sub-P{i:02d}") for i in (1, 2, 3)]
+
+    def listings(project):
+        return [r for r in sb.requests if r.method == "GET"
+                and r.path == f"/data/projects/{project}/subjects"]
+
+    assert len(listings(PROJECT)) == 1
+    assert len(listings("NO-SUCH-PROJECT")) == 1
+
+
 def test_subdatasets_no_content_and_layout_switch(tmp_path, sb, ds):
     csv, _ = pseudonymous_list(tmp_path, sb, n=1)
     res = download(ds, sb, csv, subdatasets=True, no_content=True)
