@@ -164,3 +164,46 @@ def test_subdatasets_no_content_and_layout_switch(tmp_path, sb, ds):
     assert res[0]["status"] == "impossible"
     assert "sub-{subject}/" in res[0]["message"]
     subprocess.run(["git", "diff", "--exit-code"], cwd=ds.path, check=True)
+
+
+def test_a_subject_dataset_is_what_datalad_create_makes(tmp_path):
+    """The subject's dataset is made without ``datalad create`` (its cost
+    per subject dominated a protocol): it must be the same dataset, a
+    DataLad dataset with its ID, git-annex initialised, the same files,
+    attributes and commit, clean to ``datalad status``."""
+    from datalad_fmrif.subdatasets import create_plainly
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    assert create_plainly(ours)
+    dl.create(theirs, result_renderer="disabled")
+
+    def shape(path):
+        ds = dl.Dataset(path)
+        config = dict(line.split("=", 1) for line in
+                      git(ds, "config", "--local", "--list").splitlines())
+        return {
+            "tree": git(ds, "ls-tree", "-r", "HEAD", "--format=%(objectmode) %(path)"),
+            "attributes": (ds.pathobj / ".gitattributes").read_text(),
+            "datalad attributes": (ds.pathobj / ".datalad/.gitattributes").read_text(),
+            "config keys": sorted(config),
+            "annex version": config["annex.version"],
+            "commits": git(ds, "log", "--format=%s", "HEAD"),
+            "annex branch": git(ds, "ls-tree", "-r", "--name-only", "git-annex"),
+            "checked attributes": git(ds, "check-attr", "-a", "--", "x.dcm",
+                                      ".datalad/config", ".gitattributes"),
+            "status": sorted(r["state"] for r in ds.status(result_renderer="disabled",
+                                                           return_type="list")),
+            "has id": bool(ds.id) and ds.id == ds.config.get("datalad.dataset.id"),
+            "annex uuid": bool(config.get("annex.uuid")),
+            "dirty": git(ds, "status", "--porcelain", "--ignored"),
+        }
+
+    assert shape(ours) == shape(theirs)
+    assert dl.Dataset(ours).id != dl.Dataset(theirs).id
+    # a file is annexed by DataLad's backend, as in a created dataset
+    for path in (ours, theirs):
+        (path / "a.dcm").write_bytes(b"DICM")
+        dl.Dataset(path).save(result_renderer="disabled")
+    assert git(dl.Dataset(ours), "annex", "find", "a.dcm").strip() == "a.dcm"
+    assert (ours / "a.dcm").resolve().name == (theirs / "a.dcm").resolve().name
+
