@@ -172,8 +172,13 @@ def create_plainly(path: Path) -> bool:
     (path / ".datalad" / "config").write_text(
         f'[datalad "dataset"]\n\tid = {uuid.uuid4()}\n', encoding="utf-8")
     files = [".gitattributes", ".datalad/.gitattributes", ".datalad/config"]
-    return not (git("-c", "annex.largefiles=nothing", "add", "--", *files).returncode
-                or git("commit", "-q", "-m", "[DATALAD] new dataset").returncode)
+    # all three go to git as they are: neither git-annex's filter nor its
+    # pre-commit hook has anything to do (each would start git-annex)
+    no_filter = [f"filter.annex.{step}=" for step in ("process", "clean", "smudge")]
+    return not (git(*(c for opt in no_filter for c in ("-c", opt)), "add", "--",
+                    *files).returncode
+                or git("commit", "-q", "--no-verify", "-m",
+                       "[DATALAD] new dataset").returncode)
 
 
 def fill_subject(sub, subjects: SubjectList, req: SubjectRequest,
