@@ -172,6 +172,14 @@ def list_projects(xnat: XnatSession, projects: Iterable[str]
     return listed
 
 
+def commits_plainly(ds, annex: Annex) -> bool:
+    """May a commit of the dataset be made with git itself, not ``datalad
+    save``? Where annexed files are plain symlinks (no adjusted branch to
+    carry commits over from) and DataLad's fake dates are not asked for."""
+    return annex.plain_links() and not ds.config.getbool("datalad", "fake-dates",
+                                                         default=False)
+
+
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -644,8 +652,7 @@ class Download:
         save``, which also carries commits over from an adjusted branch (and
         keeps DataLad's fake dates, where a test set-up asks for them)."""
         annex = Annex(self.root)
-        if annex.plain_links() and not self.ds.config.getbool(
-                "datalad", "fake-dates", default=False):
+        if commits_plainly(self.ds, annex):
             try:
                 annex.commit(paths, message)
             except AnnexError as e:

@@ -60,7 +60,9 @@ from .provenance import options_from_record, options_record, subjects_digest
 from .subdatasets import (
     fill_subject,
     has_sessions,
+    head,
     record_layout,
+    registered_subdatasets,
     save_superdataset,
     subject_dataset,
     subject_path,
@@ -391,7 +393,9 @@ def finish(ds, *, resubmit: bool, command: str):
     delivered = sorted(p.name for p in (state / "delivered").iterdir()) \
         if (state / "delivered").is_dir() else []
     root = Path(ds.path)
-    changed = [p for p in delivered if _needs_registering(root, p)]
+    registered = registered_subdatasets(root)
+    # new to the superdataset, or at another commit
+    changed = [p for p in delivered if registered.get(p) != head(root / p)]
     # the layout is recorded with the first subdatasets, not without any
     layout = bool(changed) and record_layout(ds)
     paths = changed + ([".datalad/config"] if layout else [])
@@ -415,15 +419,6 @@ def finish(ds, *, resubmit: bool, command: str):
     yield _result("ok", f"registered {len(changed)} subdatasets delivered by job "
                   f"array {', '.join(jobs)} in one commit", ds=ds, action=FINISH,
                   subdatasets=len(changed))
-
-
-def _needs_registering(root: Path, path: str) -> bool:
-    """Is the subdataset new to the superdataset, or at another commit?"""
-    now = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root / path,
-                         capture_output=True, text=True).stdout.strip()
-    known = subprocess.run(["git", "ls-files", "--stage", "--", path], cwd=root,
-                           capture_output=True, text=True).stdout.split()
-    return not known or known[1] != now
 
 
 # -- on a compute node: one task ------------------------------------------------------------

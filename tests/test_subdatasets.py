@@ -139,6 +139,15 @@ def test_each_project_is_listed_once_for_all_subjects(tmp_path, sb, ds):
     assert len(listings(PROJECT)) == 1
     assert len(listings("NO-SUCH-PROJECT")) == 1
 
+    # subdatasets filled but not registered (as a run killed before the
+    # superdataset's commit leaves them) are registered by the next run
+    git(ds, "reset", "-q", "--hard", "HEAD~1")
+    assert "160000" not in git(ds, "ls-files", "--stage")
+    again = download(ds, sb, csv, subdatasets=True, no_content=True)
+    assert set(by_status(again, "session")) == {"notneeded"}
+    assert git(ds, "ls-files", "--stage").count("160000 ") == 3
+    assert git(ds, "status", "--porcelain") == ""
+
 
 def test_subdatasets_no_content_and_layout_switch(tmp_path, sb, ds):
     csv, _ = pseudonymous_list(tmp_path, sb, n=1)
@@ -206,4 +215,58 @@ def test_a_subject_dataset_is_what_datalad_create_makes(tmp_path):
         dl.Dataset(path).save(result_renderer="disabled")
     assert git(dl.Dataset(ours), "annex", "find", "a.dcm").strip() == "a.dcm"
     assert (ours / "a.dcm").resolve().name == (theirs / "a.dcm").resolve().name
+
+
+def test_the_superdataset_commit_registers_as_datalad_save_does(tmp_path):
+    """The superdataset's one commit registers its new subdatasets with git
+    itself (``datalad save`` spends seconds per hundred of them): the same
+    gitlinks, ``.gitmodules`` and ``.git/config`` sections as ``datalad
+    save``, a clean dataset whose subdatasets DataLad knows by their IDs;
+    a later commit of one that changed registers nothing twice."""
+    import re
+
+    from datalad_fmrif.subdatasets import create_plainly, save_superdataset
+
+    supers = {}
+    for how in ("ours", "datalad"):
+        ds = dl.create(tmp_path / how, result_renderer="disabled")
+        for name in ("sub-A", "sub-B"):
+            assert create_plainly(ds.pathobj / name)
+        if how == "ours":
+            assert save_superdataset(ds, ["sub-A", "sub-B"], ["A", "B"], {}, "cmd",
+                                     "register") is None
+        else:
+            ds.save(path=["sub-A", "sub-B"], message="register", result_renderer="disabled")
+        supers[how] = ds
+
+    def shape(ds):
+        def ids_out(text):
+            return re.sub(r"[0-9a-f-]{36}", "ID", text)
+
+        subs = ds.subdatasets(result_renderer="disabled", return_type="list")
+        return {
+            "index": re.sub(r"[0-9a-f]{40}", "SHA", git(ds, "ls-files", "--stage")),
+            "gitmodules": ids_out((ds.pathobj / ".gitmodules").read_text()),
+            "config": git(ds, "config", "--local", "--get-regexp", "^submodule"),
+            "status": git(ds, "status", "--porcelain"),
+            "ids": sorted(r["gitmodule_datalad-id"] == dl.Dataset(r["path"]).id
+                          for r in subs),
+            "registered": [git(ds, "ls-files", "--stage", n).split()[1]
+                           == git(dl.Dataset(ds.pathobj / n), "rev-parse", "HEAD").strip()
+                           for n in ("sub-A", "sub-B")],
+        }
+
+    assert shape(supers["ours"]) == shape(supers["datalad"])
+    ours = supers["ours"]
+    assert git(ours, "log", "-1", "--format=%s").startswith("[DATALAD RUNCMD] register")
+    # a subdataset that moved on: its new commit registered, nothing added twice
+    sub = dl.Dataset(ours.pathobj / "sub-A")
+    (sub.pathobj / "f.txt").write_text("x")
+    sub.save(result_renderer="disabled")
+    gitmodules = (ours.pathobj / ".gitmodules").read_text()
+    assert save_superdataset(ours, ["sub-A"], ["A"], {}, "cmd", "again") is None
+    assert (ours.pathobj / ".gitmodules").read_text() == gitmodules
+    assert git(ours, "status", "--porcelain") == ""
+    assert git(ours, "ls-files", "--stage", "sub-A").split()[1] \
+        == git(sub, "rev-parse", "HEAD").strip()
 
