@@ -239,7 +239,7 @@ def save_superdataset(ds, paths: list[str], names: list[str], extra: dict,
     root = Path(ds.path)
     annex = Annex(root)
     subdatasets = [p for p in paths if (root / p / ".git").exists()]
-    if commits_plainly(ds, annex) and not any(map(_has_remote, (root / p for p in subdatasets))):
+    if commits_plainly(ds, annex) and all(_registers_plainly(root / p) for p in subdatasets):
         try:
             annex.commit(paths + register_subdatasets(root, subdatasets), text)
         except AnnexError as e:
@@ -267,8 +267,8 @@ def register_subdatasets(root: Path, paths: list[str]) -> list[str]:
     ``datalad save`` of N new subdatasets costs a few git processes per
     subdataset (measured: 6.4 s for 250, on a loaded 2-CPU machine, where
     one commit of the superdataset of a protocol of 1,000 subjects is to take
-    seconds); this is one process for all. Subdatasets that track a remote
-    (cloned) are left to ``datalad save``, which records the remote's URL.
+    seconds); this is one process for all. Subdatasets DataLad would record
+    otherwise (:func:`_registers_plainly`) are left to ``datalad save``.
     """
     from datalad.config import write_config_section
 
@@ -313,12 +313,17 @@ def _dataset_id(path: Path) -> str | None:
     return None
 
 
-def _has_remote(path: Path) -> bool:
-    """Does the repository at ``path`` know a remote (it was cloned)?"""
+def _registers_plainly(path: Path) -> bool:
+    """Would ``datalad save`` register the subdataset at ``path`` as
+    :func:`register_subdatasets` does: with its HEAD (not on an adjusted
+    branch, whose corresponding branch DataLad records) and the URL
+    ``./PATH`` (it knows no remote whose URL DataLad would record)?"""
     try:
-        return '[remote "' in (path / ".git" / "config").read_text(encoding="utf-8")
-    except OSError:
+        config = (path / ".git" / "config").read_text(encoding="utf-8")
+        head = (path / ".git" / "HEAD").read_text(encoding="utf-8")
+    except OSError:  # .git is a file (a worktree, an absorbed submodule)
         return False
+    return '[remote "' not in config and "refs/heads/adjusted/" not in head
 
 
 class SubdatasetDownload:
