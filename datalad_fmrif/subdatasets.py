@@ -124,22 +124,20 @@ def subject_dataset(path: Path):
         rmtree(str(path))
     sub = Dataset(str(path))
     if not sub.is_installed() and not create_plainly(path):
-        if path.exists():  # git-annex chose another mode: DataLad knows it
-            rmtree(str(path))
         sub.create(result_renderer="disabled", return_type="list")
     return sub
 
 
 def create_plainly(path: Path) -> bool:
     """Make at ``path`` the dataset ``datalad create`` makes, with a few
-    plain git and git-annex commands; False (and ``path`` left to
-    :func:`subject_dataset` to remove) where that would not be the same.
+    plain git and git-annex commands; False, with nothing made, where that
+    would not be the same (``datalad create`` then does it, or says why not).
 
     ``datalad create`` was the largest single cost of a subject with
     ``--no-content`` (about 0.35 s on an idle machine, some 40 git and
     git-annex processes, most of them DataLad finding out the state of a
-    repository it has just made), paid once per subject of a protocol. What it makes is
-    git-annex initialised, ``.gitattributes`` (DataLad's backend, no
+    repository it has just made), paid once per subject of a protocol.
+    What it makes is git-annex initialised, ``.gitattributes`` (DataLad's backend, no
     annexing of ``.git*``), ``.datalad/.gitattributes`` (no annexing of its
     config) and ``.datalad/config`` (the dataset's ID), in one commit
     "[DATALAD] new dataset": this does the same with ``git init``, ``git
@@ -151,9 +149,11 @@ def create_plainly(path: Path) -> bool:
     import uuid
 
     from datalad import cfg
+    from datalad.utils import rmtree
 
     if cfg.getbool("datalad", "fake-dates", default=False) or \
-            cfg.get("datalad.repo.version") is not None:
+            cfg.get("datalad.repo.version") is not None or \
+            (path.exists() and any(path.iterdir())):  # datalad create refuses it
         return False
 
     def git(*args) -> subprocess.CompletedProcess:
@@ -162,12 +162,14 @@ def create_plainly(path: Path) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     if git("init", "-q").returncode or git(
             "annex", "init", "-q", "-c", "annex.dotfiles=true").returncode:
+        rmtree(str(path))
         return False
     # attributes of the user's (DataLad then writes none of its own)
     given = git("check-attr", "annex.backend", "annex.largefiles", "--",
                 ".", ".git", ".datalad/config").stdout.splitlines()
     if any(not line.endswith(": unspecified") for line in given) or \
-            not Annex(path).plain_links():
+            not Annex(path).plain_links():  # git-annex chose another mode
+        rmtree(str(path))
         return False
     (path / ".gitattributes").write_text(
         f"* annex.backend={cfg.obtain('datalad.repo.backend')}\n"
@@ -265,9 +267,9 @@ def register_subdatasets(root: Path, paths: list[str]) -> list[str]:
     Returns ``[".gitmodules"]`` if it wrote any, else nothing.
 
     ``datalad save`` of N new subdatasets costs a few git processes per
-    subdataset (measured: 6.4 s for 250, on a loaded 2-CPU machine, where
-    one commit of the superdataset of a protocol of 1,000 subjects is to take
-    seconds); this is one process for all. Subdatasets DataLad would record
+    subdataset (measured on a loaded 2-CPU machine: 6.4 s for 250, so half
+    a minute for a protocol of 1,000 subjects); this is one ``git config``
+    and one ``git rev-parse`` for all, and no process per subdataset. Subdatasets DataLad would record
     otherwise (:func:`_registers_plainly`) are left to ``datalad save``.
     """
     from datalad.config import write_config_section

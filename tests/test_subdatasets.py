@@ -215,6 +215,13 @@ def test_a_subject_dataset_is_what_datalad_create_makes(tmp_path):
         dl.Dataset(path).save(result_renderer="disabled")
     assert git(dl.Dataset(ours), "annex", "find", "a.dcm").strip() == "a.dcm"
     assert (ours / "a.dcm").resolve().name == (theirs / "a.dcm").resolve().name
+    # a directory that holds something is not made a dataset (datalad
+    # create refuses it, and says why), and nothing of it is touched
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    assert not create_plainly(busy)
+    assert [p.name for p in busy.iterdir()] == ["notes.txt"]
 
 
 def test_the_superdataset_commit_registers_as_datalad_save_does(tmp_path):
