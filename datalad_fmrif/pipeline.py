@@ -166,6 +166,29 @@ def _wanted_sessions(req: SubjectRequest, every: list) -> list:
     return [s for s in every if s.label in wanted or s.id in wanted]
 
 
+def list_projects(xnat: XnatSession, projects: Iterable[str]
+                  ) -> dict[str, dict[str, Subject] | AccessDenied | NotFound]:
+    """Each project's subjects by label, or why XNAT would not list them
+    (it refuses the project, or has none of that name: that project's
+    subjects' failure); an unreachable server, a TLS or login problem is
+    raised. One request per project, however many subjects the list has."""
+    listed: dict = {}
+    for project in dict.fromkeys(projects):
+        try:
+            listed[project] = project_subjects(xnat, project)
+        except (AccessDenied, NotFound) as e:
+            listed[project] = e
+    return listed
+
+
+def commits_plainly(ds, annex: Annex) -> bool:
+    """May a commit of the dataset be made with git itself, not ``datalad
+    save``? Where annexed files are plain symlinks (no adjusted branch to
+    carry commits over from) and DataLad's fake dates are not asked for."""
+    return annex.plain_links() and not ds.config.getbool("datalad", "fake-dates",
+                                                         default=False)
+
+
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -174,12 +197,17 @@ class Download:
     """One run of ``fmrif-download``; ``run()`` yields DataLad result records."""
 
     def __init__(self, dataset, subjects: SubjectList, options: DownloadOptions,
-                 xnat: XnatSession):
+                 xnat: XnatSession, projects: Mapping | None = None):
+        """``projects``: the list's projects as :func:`list_projects` gave
+        them, when the caller runs one Download per subject and lists each
+        project once for all of them (``--subdatasets``, a Slurm task);
+        None: this run lists them itself."""
         self.ds = dataset
         self.root = Path(dataset.path)
         self.subjects = subjects
         self.options = options
         self.xnat = xnat
+        self.projects = projects
         self.manifests = load_manifests(self.root)
         self.assigned = assigned_names(self.manifests)
         self.time = now_iso()
@@ -214,12 +242,13 @@ class Download:
         for req in self.subjects.requests:
             by_project.setdefault(req.project, []).append(req)
         names_in_use: dict[str, str] = {}  # dataset subject name -> subject ID
+        listed = (self.projects if self.projects is not None
+                  else list_projects(self.xnat, by_project))
         for project, requests in by_project.items():
-            try:
-                subjects = project_subjects(self.xnat, project)
-            except (AccessDenied, NotFound) as e:
+            subjects = listed[project]
+            if isinstance(subjects, (AccessDenied, NotFound)):
                 # one line for the project, however many subjects it has
-                why = ("you may not read project" if isinstance(e, AccessDenied)
+                why = ("you may not read project" if isinstance(subjects, AccessDenied)
                        else "there is no project")
                 who = (self._line(requests[0]) if len(requests) == 1
                        else _subjects_on_lines(requests))
@@ -641,8 +670,7 @@ class Download:
         save``, which also carries commits over from an adjusted branch (and
         keeps DataLad's fake dates, where a test set-up asks for them)."""
         annex = Annex(self.root)
-        if annex.plain_links() and not self.ds.config.getbool(
-                "datalad", "fake-dates", default=False):
+        if commits_plainly(self.ds, annex):
             try:
                 annex.commit(paths, message)
             except AnnexError as e:

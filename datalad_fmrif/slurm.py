@@ -46,6 +46,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from .credentials import (
     Credential,
@@ -54,12 +55,14 @@ from .credentials import (
     env_names,
     resolve_credential_name,
 )
-from .pipeline import ACTION, DownloadOptions, now_iso
+from .pipeline import ACTION, DownloadOptions, list_projects, now_iso
 from .provenance import options_from_record, options_record, subjects_digest
 from .subdatasets import (
     fill_subject,
     has_sessions,
+    head,
     record_layout,
+    registered_subdatasets,
     save_superdataset,
     subject_dataset,
     subject_path,
@@ -395,7 +398,9 @@ def finish(ds, *, resubmit: bool, command: str):
     delivered = sorted(p.name for p in (state / "delivered").iterdir()) \
         if (state / "delivered").is_dir() else []
     root = Path(ds.path)
-    changed = [p for p in delivered if _needs_registering(root, p)]
+    registered = registered_subdatasets(root)
+    # new to the superdataset, or at another commit
+    changed = [p for p in delivered if registered.get(p) != head(root / p)]
     # the layout is recorded with the first subdatasets, not without any
     layout = bool(changed) and record_layout(ds)
     paths = changed + ([".datalad/config"] if layout else [])
@@ -419,15 +424,6 @@ def finish(ds, *, resubmit: bool, command: str):
     yield _result("ok", f"registered {len(changed)} subdatasets delivered by job "
                   f"array {', '.join(jobs)} in one commit", ds=ds, action=FINISH,
                   subdatasets=len(changed))
-
-
-def _needs_registering(root: Path, path: str) -> bool:
-    """Is the subdataset new to the superdataset, or at another commit?"""
-    now = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root / path,
-                         capture_output=True, text=True).stdout.strip()
-    known = subprocess.run(["git", "ls-files", "--stage", "--", path], cwd=root,
-                           capture_output=True, text=True).stdout.split()
-    return not known or known[1] != now
 
 
 # -- on a compute node: one task ------------------------------------------------------------
@@ -465,7 +461,8 @@ def _locked(path: Path):
 
 
 def _deliver_subject(sched: Schedule, subjects: SubjectList, req: SubjectRequest,
-                     options: DownloadOptions, xnat, scratch: Path) -> list[str]:
+                     options: DownloadOptions, xnat, projects: Mapping,
+                     scratch: Path) -> list[str]:
     """One subject: target created if new, cloned to scratch, filled there,
     pushed back. Returns the problems (empty: delivered)."""
     import datalad.api as dl
@@ -488,7 +485,7 @@ def _deliver_subject(sched: Schedule, subjects: SubjectList, req: SubjectRequest
         clone = dl.clone(str(target), str(work), result_renderer="disabled")
         _verify_remote(work, sched.server)
         problems = [f"{r.get('path', '')}: {r['message']}" for r in
-                    fill_subject(clone, subjects, req, options, xnat)
+                    fill_subject(clone, subjects, req, options, xnat, projects)
                     if r["status"] in ("error", "impossible")]
         pushed = clone.push(to="origin", result_renderer="disabled",
                             return_type="list", on_failure="ignore")
@@ -546,11 +543,14 @@ def run_task(state: Path, index: int) -> int:
     failed: dict[str, list[str]] = {}
     try:
         with xnat_session(cfg, sched.server, token) as xnat:
+            # each project listed once for the task's subjects
+            projects = list_projects(xnat, (r.project for r in requests))
             for req in requests:
                 name = subject_path(req)
                 (state / "tasks" / f"{index}.progress").write_text(name + "\n")
                 lgr.info("task %d: %s", index, name)
-                problems = _deliver_subject(sched, subjects, req, options, xnat, scratch)
+                problems = _deliver_subject(sched, subjects, req, options, xnat, projects,
+                                            scratch)
                 if problems:
                     failed[name] = problems
                     lgr.error("task %d could not deliver %s: %s", index, name, "; ".join(problems))

@@ -113,6 +113,42 @@ def test_a_subject_that_fails_gets_no_subdataset(tmp_path, sb, ds):
     assert git(ds, "status", "--porcelain") == ""
 
 
+def test_each_project_is_listed_once_for_all_subjects(tmp_path, sb, ds):
+    """Every subject's download plans against ONE listing of its project's
+    subjects per run: listed again per subject, it would cost a request
+    each and grow with the protocol (quadratic over thousands of subjects).
+    A project XNAT does not have is listed once too, and still fails each
+    of its subjects, with no subdataset for them."""
+    from helpers import PROJECT, main_subjects, subjects_csv
+
+    subs = main_subjects(sb, 3)
+    rows = [(PROJECT, s.label, f"P{i:02d}") for i, s in enumerate(subs, 1)]
+    rows += [("NO-SUCH-PROJECT", f"S{i}", f"X{i}") for i in (1, 2)]
+    csv = subjects_csv(tmp_path, rows)
+    sb.clear_requests()
+    res = download(ds, sb, csv, subdatasets=True, no_content=True)
+    assert [r["type"] for r in _problems(res)] == ["project", "project"]
+    subds = ds.subdatasets(result_renderer="disabled", return_type="list")
+    assert sorted(r["path"] for r in subds) == [
+        str(ds.pathobj / f"sub-P{i:02d}") for i in (1, 2, 3)]
+
+    def listings(project):
+        return [r for r in sb.requests if r.method == "GET"
+                and r.path == f"/data/projects/{project}/subjects"]
+
+    assert len(listings(PROJECT)) == 1
+    assert len(listings("NO-SUCH-PROJECT")) == 1
+
+    # subdatasets filled but not registered (as a run killed before the
+    # superdataset's commit leaves them) are registered by the next run
+    git(ds, "reset", "-q", "--hard", "HEAD~1")
+    assert "160000" not in git(ds, "ls-files", "--stage")
+    again = download(ds, sb, csv, subdatasets=True, no_content=True)
+    assert set(by_status(again, "session")) == {"notneeded"}
+    assert git(ds, "ls-files", "--stage").count("160000 ") == 3
+    assert git(ds, "status", "--porcelain") == ""
+
+
 def test_subdatasets_no_content_and_layout_switch(tmp_path, sb, ds):
     csv, _ = pseudonymous_list(tmp_path, sb, n=1)
     res = download(ds, sb, csv, subdatasets=True, no_content=True)
@@ -178,3 +214,107 @@ def test_rerun_belongs_to_the_superdataset(tmp_path, sb, ds):
     assert gets and all(f"/experiments/{added.id}/" in r.path for r in gets)
     assert git(ds, "status", "--porcelain", "--ignore-submodules=none") == ""
     assert (sub.pathobj / ".datalad/fmrif/sessions" / f"{added.id}.json").exists()
+
+
+def test_a_subject_dataset_is_what_datalad_create_makes(tmp_path):
+    """The subject's dataset is made without ``datalad create`` (its cost
+    per subject dominated a protocol): it must be the same dataset, a
+    DataLad dataset with its ID, git-annex initialised, the same files,
+    attributes and commit, clean to ``datalad status``."""
+    from datalad_fmrif.subdatasets import create_plainly
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    assert create_plainly(ours)
+    dl.create(theirs, result_renderer="disabled")
+
+    def shape(path):
+        ds = dl.Dataset(path)
+        config = dict(line.split("=", 1) for line in
+                      git(ds, "config", "--local", "--list").splitlines())
+        return {
+            "tree": git(ds, "ls-tree", "-r", "HEAD", "--format=%(objectmode) %(path)"),
+            "attributes": (ds.pathobj / ".gitattributes").read_text(),
+            "datalad attributes": (ds.pathobj / ".datalad/.gitattributes").read_text(),
+            "config keys": sorted(config),
+            "annex version": config["annex.version"],
+            "commits": git(ds, "log", "--format=%s", "HEAD"),
+            "annex branch": git(ds, "ls-tree", "-r", "--name-only", "git-annex"),
+            "checked attributes": git(ds, "check-attr", "-a", "--", "x.dcm",
+                                      ".datalad/config", ".gitattributes"),
+            "status": sorted(r["state"] for r in ds.status(result_renderer="disabled",
+                                                           return_type="list")),
+            "has id": bool(ds.id) and ds.id == ds.config.get("datalad.dataset.id"),
+            "annex uuid": bool(config.get("annex.uuid")),
+            "dirty": git(ds, "status", "--porcelain", "--ignored"),
+        }
+
+    assert shape(ours) == shape(theirs)
+    assert dl.Dataset(ours).id != dl.Dataset(theirs).id
+    # a file is annexed by DataLad's backend, as in a created dataset
+    for path in (ours, theirs):
+        (path / "a.dcm").write_bytes(b"DICM")
+        dl.Dataset(path).save(result_renderer="disabled")
+    assert git(dl.Dataset(ours), "annex", "find", "a.dcm").strip() == "a.dcm"
+    assert (ours / "a.dcm").resolve().name == (theirs / "a.dcm").resolve().name
+    # a directory that holds something is not made a dataset (datalad
+    # create refuses it, and says why), and nothing of it is touched
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    assert not create_plainly(busy)
+    assert [p.name for p in busy.iterdir()] == ["notes.txt"]
+
+
+def test_the_superdataset_commit_registers_as_datalad_save_does(tmp_path):
+    """The superdataset's one commit registers its new subdatasets with git
+    itself (``datalad save`` spends seconds per hundred of them): the same
+    gitlinks, ``.gitmodules`` and ``.git/config`` sections as ``datalad
+    save``, a clean dataset whose subdatasets DataLad knows by their IDs;
+    a later commit of one that changed registers nothing twice."""
+    import re
+
+    from datalad_fmrif.subdatasets import create_plainly, save_superdataset
+
+    supers = {}
+    for how in ("ours", "datalad"):
+        ds = dl.create(tmp_path / how, result_renderer="disabled")
+        for name in ("sub-A", "sub-B"):
+            assert create_plainly(ds.pathobj / name)
+        if how == "ours":
+            assert save_superdataset(ds, ["sub-A", "sub-B"], ["A", "B"], {}, "cmd",
+                                     "register") is None
+        else:
+            ds.save(path=["sub-A", "sub-B"], message="register", result_renderer="disabled")
+        supers[how] = ds
+
+    def shape(ds):
+        def ids_out(text):
+            return re.sub(r"[0-9a-f-]{36}", "ID", text)
+
+        subs = ds.subdatasets(result_renderer="disabled", return_type="list")
+        return {
+            "index": re.sub(r"[0-9a-f]{40}", "SHA", git(ds, "ls-files", "--stage")),
+            "gitmodules": ids_out((ds.pathobj / ".gitmodules").read_text()),
+            "config": git(ds, "config", "--local", "--get-regexp", "^submodule"),
+            "status": git(ds, "status", "--porcelain"),
+            "ids": sorted(r["gitmodule_datalad-id"] == dl.Dataset(r["path"]).id
+                          for r in subs),
+            "registered": [git(ds, "ls-files", "--stage", n).split()[1]
+                           == git(dl.Dataset(ds.pathobj / n), "rev-parse", "HEAD").strip()
+                           for n in ("sub-A", "sub-B")],
+        }
+
+    assert shape(supers["ours"]) == shape(supers["datalad"])
+    ours = supers["ours"]
+    assert git(ours, "log", "-1", "--format=%s").startswith("[DATALAD RUNCMD] register")
+    # a subdataset that moved on: its new commit registered, nothing added twice
+    sub = dl.Dataset(ours.pathobj / "sub-A")
+    (sub.pathobj / "f.txt").write_text("x")
+    sub.save(result_renderer="disabled")
+    gitmodules = (ours.pathobj / ".gitmodules").read_text()
+    assert save_superdataset(ours, ["sub-A"], ["A"], {}, "cmd", "again") is None
+    assert (ours.pathobj / ".gitmodules").read_text() == gitmodules
+    assert git(ours, "status", "--porcelain") == ""
+    assert git(ours, "ls-files", "--stage", "sub-A").split()[1] \
+        == git(sub, "rev-parse", "HEAD").strip()
+
