@@ -57,6 +57,7 @@ from .credentials import (
 )
 from .pipeline import ACTION, DownloadOptions, list_projects, now_iso
 from .provenance import options_from_record, options_record, subjects_digest
+from .report import plural
 from .subdatasets import (
     fill_subject,
     has_sessions,
@@ -384,7 +385,7 @@ def finish(ds, *, resubmit: bool, command: str):
             return
         sched.jobs.append({"id": job, "tasks": failed})
         sched.save(state)
-        yield _result("ok", f"resubmitted {len(failed)} failed tasks "
+        yield _result("ok", f"resubmitted {plural(len(failed), 'failed task')} "
                       f"({', '.join(map(str, failed))}) as job array {job}", ds=ds,
                       action=FINISH, job=job, tasks=failed)
         return
