@@ -20,6 +20,7 @@ layout is refused instead of mixing both.
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -319,13 +320,22 @@ def _registers_plainly(path: Path) -> bool:
     """Would ``datalad save`` register the subdataset at ``path`` as
     :func:`register_subdatasets` does: with its HEAD (not on an adjusted
     branch, whose corresponding branch DataLad records) and the URL
-    ``./PATH`` (it knows no remote whose URL DataLad would record)?"""
+    ``./PATH``? DataLad records another URL only when the subdataset's
+    branch tracks a remote (``branch.NAME.remote``: DataLad's
+    ``_save_add_submodules`` takes that remote's URL); the ``fmrif``
+    special remote's ``[remote "fmrif"]`` section, which every subject's
+    dataset has, tracks nothing and has no URL."""
     try:
         config = (path / ".git" / "config").read_text(encoding="utf-8")
-        head = (path / ".git" / "HEAD").read_text(encoding="utf-8")
+        head = (path / ".git" / "HEAD").read_text(encoding="utf-8").strip()
     except OSError:  # .git is a file (a worktree, an absorbed submodule)
         return False
-    return '[remote "' not in config and "refs/heads/adjusted/" not in head
+    if "refs/heads/adjusted/" in head:
+        return False
+    branch = head.removeprefix("ref: refs/heads/")
+    section = re.search(r'^\s*\[branch "' + re.escape(branch) + r'"\]\s*$(.*?)(?=^\s*\[|\Z)',
+                        config, re.M | re.S)
+    return not (section and re.search(r"^\s*remote\s*=", section.group(1), re.M))
 
 
 class SubdatasetDownload:

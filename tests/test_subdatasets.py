@@ -265,6 +265,17 @@ def test_a_subject_dataset_is_what_datalad_create_makes(tmp_path):
     assert [p.name for p in busy.iterdir()] == ["notes.txt"]
 
 
+def test_a_subdataset_that_tracks_a_remote_is_left_to_datalad_save(tmp_path):
+    """datalad save records the URL of the remote a subdataset's branch
+    tracks; such a subdataset is not registered in bulk."""
+    from datalad_fmrif.subdatasets import _registers_plainly, create_plainly
+
+    assert create_plainly(tmp_path / "origin")
+    dl.clone(str(tmp_path / "origin"), str(tmp_path / "clone"), result_renderer="disabled")
+    assert not _registers_plainly(tmp_path / "clone")
+    assert _registers_plainly(tmp_path / "origin")
+
+
 def test_the_superdataset_commit_registers_as_datalad_save_does(tmp_path):
     """The superdataset's one commit registers its new subdatasets with git
     itself (``datalad save`` spends seconds per hundred of them): the same
@@ -275,11 +286,21 @@ def test_the_superdataset_commit_registers_as_datalad_save_does(tmp_path):
 
     from datalad_fmrif.subdatasets import create_plainly, save_superdataset
 
+    from datalad_fmrif.subdatasets import _registers_plainly
+
     supers = {}
     for how in ("ours", "datalad"):
         ds = dl.create(tmp_path / how, result_renderer="disabled")
         for name in ("sub-A", "sub-B"):
             assert create_plainly(ds.pathobj / name)
+            # a special remote, as every subject's fmrif remote: a
+            # [remote "..."] section that tracks nothing
+            store = tmp_path / f"store-{how}-{name}"
+            store.mkdir()
+            subprocess.run(["git", "annex", "initremote", "store", "type=directory",
+                            f"directory={store}", "encryption=none"],
+                           cwd=ds.pathobj / name, check=True, capture_output=True)
+            assert _registers_plainly(ds.pathobj / name)
         if how == "ours":
             assert save_superdataset(ds, ["sub-A", "sub-B"], ["A", "B"], {}, "cmd",
                                      "register") is None
