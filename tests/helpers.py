@@ -128,3 +128,13 @@ def keyring_sandbox(spec=None, **kwargs):
         finally:
             sb.clear_faults()
             store.remove(name)
+
+
+def default_sigint():
+    """A child's SIGINT as a terminal leaves it (``preexec_fn``): a
+    background job of a non-interactive shell (``make test &``, some CI
+    runners) starts with SIGINT ignored, and a test of Ctrl-C would then
+    send a signal nobody receives."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -23,6 +23,7 @@ from helpers import (
     assert_fsck,
     by_status,
     content_gets,
+    default_sigint,
     download,
     expected_files,
     file_gets,
@@ -520,7 +521,7 @@ def test_interrupted_run_is_repaired(tmp_path, secret_service, state_dir):
             log = tmp_path / f"run-{sig.name}.log"
             with open(log, "wb") as err:
                 proc = subprocess.Popen(argv, stdout=err, stderr=err,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=default_sigint)
                 try:
                     assert held.wait_held(120), "no zip was asked for: " + (
                         log.read_text()[-2000:])

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import datalad.api as dl
 import pytest
-from helpers import (PROJECT, ZIP_PATH, assert_fsck, break_zips, by_status, download, git,
-                     file_gets, keyring_sandbox, manifests, pseudonymous_list)
+from helpers import (PROJECT, ZIP_PATH, assert_fsck, break_zips, by_status, default_sigint,
+                     download, git, file_gets, keyring_sandbox, manifests,
+                     pseudonymous_list)
 
 from datalad_fmrif.sandbox import Fault, StudySpec
 
@@ -702,12 +703,6 @@ STOPS = (("SIGINT", "group"), ("SIGTERM", "datalad"), ("SIGKILL", "group"),
          ("SIGHUP", "datalad"))
 
 
-def _default_sigint():
-    # a background job of a non-interactive shell starts with SIGINT
-    # ignored, and would test nothing; a terminal's Ctrl-C finds it default
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def start_download(ds, sb, csv, *args):
     """fmrif-download at debug level, in a process group of its own, with
     SIGINT as a terminal leaves it; returns the process and a list that a
@@ -716,7 +711,7 @@ def start_download(ds, sb, csv, *args):
         [DATALAD, "-l", "debug", "fmrif-download", "-d", ds.path, "--server", sb.url,
          "-J", "2", *args, str(csv)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True, preexec_fn=_default_sigint)
+        start_new_session=True, preexec_fn=default_sigint)
     lines: list[str] = []
 
     def drain():
