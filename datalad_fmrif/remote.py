@@ -305,8 +305,8 @@ class FmrifRemote(SpecialRemote):
         in_a_row = self._failures_in_a_row
         with self._errors():  # a rejected credential during a zip is final
             try:
-                served = self._resource_zips().retrieve(key, [self._path(u) for u in urls],
-                                             filename, self._xnat)
+                served = self._resource_zips().retrieve(
+                    key, [self._path(u) for u in urls], filename, self._xnat)
             except OSError as e:  # the cache, not XNAT: the file alone will do
                 lgr.debug("zip cache: %s; fetching %s on its own", e, key)
                 served = False

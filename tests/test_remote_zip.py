@@ -214,7 +214,9 @@ def _zips_of(ds, sb):
 def _ask(zips, xnat, entry, dest):
     path = entry["url"].partition("/data/")[2]
     key = os.path.basename(os.readlink(Path(zips.gitdir).parent / entry["path"]))
-    return zips.retrieve(key, ["/data/" + path], dest, lambda: xnat)
+    # as the remote asks: the run's cache first, then the resource's zip
+    return zips.cached(key, dest) or zips.retrieve(key, ["/data/" + path], dest,
+                                                   lambda: xnat)
 
 
 @pytest.fixture

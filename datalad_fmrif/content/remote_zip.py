@@ -136,22 +136,19 @@ class ResourceZips:
 
     def retrieve(self, key: str, url_paths: Sequence[str], dest: str | os.PathLike,
                  xnat: Callable[[], object]) -> bool:
-        """Put the content of ``key`` at ``dest`` from a resource zip.
+        """Put the content of ``key`` at ``dest`` from a resource zip, after
+        :meth:`cached` said the run's cache does not hold it yet.
 
         ``url_paths`` are the key's URLs without the server; ``xnat`` gives
         the process's logged-in session (called only when a zip is fetched).
         Returns False when the key is to be fetched on its own. Raises what
         the login raises (a rejected credential is not a per-file problem).
         """
-        if self._alive is None:
-            self._join_run()
         for path in url_paths:
             folder, sep, name = path.partition("/files/")
             if not sep or not name or not folder.startswith("/data/experiments/"):
                 continue
             rdir = self.run / hashlib.sha1(folder.encode()).hexdigest()[:16]
-            if self._take(key, dest):
-                return True
             try:
                 rdir.mkdir(parents=True)
             except FileExistsError:
