@@ -187,9 +187,13 @@ class XnatSession:
         """Log out, so that XNAT does not keep the session until it times out."""
         with self._lock:
             if self._http is not None:
-                end_session(self._http, self.server, min(self.timeout, LOGOUT_TIMEOUT))
+                self._log_out(self._http)
             self._http = None
             self._xnatpy = None
+
+    def _log_out(self, http: requests.Session) -> None:
+        """End the server's session of ``http`` and close it (best effort)."""
+        end_session(http, self.server, min(self.timeout, LOGOUT_TIMEOUT))
 
     @property
     def http(self) -> requests.Session:
@@ -295,7 +299,7 @@ class XnatSession:
         text = response.text[:1000] if response.status_code == 200 else ""
         response.close()
         if not re.search(r"User '[^']+' is logged in", text):
-            end_session(http, self.server, min(self.timeout, LOGOUT_TIMEOUT))
+            self._log_out(http)
             raise NotXnat(
                 f"{self.server} did not answer like XNAT after login (GET "
                 f"/data/auth: HTTP {response.status_code})")
